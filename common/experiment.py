@@ -1,0 +1,94 @@
+"""The experiment loop: measure each image once, sample every (image, run) in batches, write as we go.
+
+    y_i     = A(x_i) + n,  noise and operator state (mask, kernel) drawn from (seed, image id)
+    x̂_{i,r} = sampler.sample(model, A, y_i, generator(seed, image id, run))
+
+Work items (image, run) are batched together (``batch_size`` items per sampler call, runs and images
+mixed), each with its own generator, so results do not depend on the batch size. Every finished batch is
+on disk before the next starts; items already on disk are skipped (resume).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import torch
+
+from common.data import ImageDataset
+from common.metrics import Metrics
+from common.models.base import DiffusionModel
+from common.operators.base import Operator, stack_states
+from common.progress import Progress
+from common.random import make_generator
+from common.run_dir import RunDirectory
+
+
+@dataclass
+class Outputs:
+    """What to write besides samples and metrics."""
+
+    save_samples: bool = True
+    save_traj: bool = False
+    save_traj_video: bool = False
+    trajectory_points: int = 10
+    show_progress: bool = True
+
+
+@dataclass
+class Measurement:
+    image: torch.Tensor
+    y: torch.Tensor
+    state: dict[str, torch.Tensor]
+
+
+def measure(operator: Operator, image: torch.Tensor, image_id: int, seed: int) -> Measurement:
+    """y = A(x) + n for one image, its operator state and noise drawn from (seed, image id)."""
+    state = operator.draw_state(make_generator(seed, image_id, "operator"))
+    operator.set_state(stack_states([state]))
+    y = operator.measure(image[None], [make_generator(seed, image_id, "measurement")])[0]
+    return Measurement(image, y, state)
+
+
+def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Any,
+                   run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
+                   device: torch.device, outputs: Outputs = Outputs(),
+                   log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Sample every (image, run) not yet on disk; returns the summary written to ``metrics.json``."""
+    done = run_dir.finished()
+    items = [(index, run) for run in range(num_runs) for index in range(len(dataset))]
+    todo = [(index, run) for index, run in items if (dataset.start + index, run) not in done]
+    if len(todo) < len(items):
+        log(f"resuming: {len(items) - len(todo)} of {len(items)} samples already in {run_dir.root}")
+    cache: dict[int, Measurement] = {}
+    names = dataset.names()
+    for first in range(0, len(todo), batch_size):
+        batch = todo[first:first + batch_size]
+        for index, _ in batch:
+            if index not in cache:
+                image_id, image = dataset[index]
+                cache[index] = measure(operator, image.to(device), image_id, seed)
+                run_dir.write_inputs(image_id, image, cache[index].y, cache[index].state, image.shape[-2:])
+        ids = [dataset.start + index for index, _ in batch]
+        gt = torch.stack([cache[index].image for index, _ in batch])
+        y = torch.stack([cache[index].y for index, _ in batch])
+        operator.set_state(stack_states([cache[index].state for index, _ in batch]))
+        generators = [make_generator(seed, image_id, run, device=device) for image_id, (_, run) in zip(ids, batch)]
+        progress = Progress(len(batch), gt, record_frames=outputs.save_traj, points=outputs.trajectory_points,
+                            show_bar=outputs.show_progress, latent=model.latent,
+                            description=f"batch {first // batch_size + 1}/{-(-len(todo) // batch_size)}")
+        samples = sampler.sample(model, operator, y, generators=generators, callback=progress)
+        values = metrics(samples, gt)
+        with torch.no_grad():
+            residual = operator.loss(torch.nan_to_num(samples), y).sqrt().cpu()
+        for k, (image_id, (index, run)) in enumerate(zip(ids, batch)):
+            record = {"name": names[index], "residual": float(residual[k]),
+                      "failed_at_step": progress.failed_at[k],
+                      **{m: (None if v is None or not torch.isfinite(v[k]) else float(v[k]))
+                         for m, v in values.items()}}
+            if progress.failed_at[k] is not None:
+                record["residual"] = None
+                log(f"image {image_id} run {run}: the sampler diverged (NaN/inf) at step {progress.failed_at[k]}")
+            if outputs.save_traj:
+                run_dir.write_trajectory(image_id, run, progress.frames[k], video=outputs.save_traj_video)
+            run_dir.write_sample(image_id, run, samples[k], record, save_image=outputs.save_samples)
+    return run_dir.finish(metrics.names, dict(zip(range(dataset.start, dataset.end), names)))

@@ -1,0 +1,22 @@
+"""Priors behind one interface (:class:`DiffusionModel`), found by name through ``MODELS``.
+
+Modules that need optional packages (diffusers) import them inside their constructors, so importing
+this package never fails for lack of them.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from common.autoimport import import_submodules
+from common.models.base import DiffusionModel, sigma_like
+from common.registry import MODELS
+
+import_submodules(__name__, __path__)
+
+
+def build_model(name: str, **params: Any) -> DiffusionModel:
+    """The model registered as ``name``, built from a model config's remaining keys."""
+    return MODELS.build(name, **params)
+
+
+__all__ = ["DiffusionModel", "build_model", "sigma_like", "MODELS"]
