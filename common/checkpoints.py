@@ -74,7 +74,8 @@ def load_state_dict(path: str | Path, what: str, download: str, key: str | None 
             with torch.serialization.safe_globals(LIGHTNING_SAFE_GLOBALS):
                 data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt, truncated, or naming a global outside the allow-list
-        raise CheckpointError(f"cannot read checkpoint '{path}' for {what}: {type(err).__name__}: {err}. "
+        raise CheckpointError(f"cannot read checkpoint '{path}' for {what}: {type(err).__name__}: "
+                              f"{str(err).rstrip('.')}. "
                               f"A file that references code outside the allow-list is refused; delete it and "
                               f"fetch it again with `{download}`.") from err
     if key is not None and isinstance(data, Mapping) and key in data:

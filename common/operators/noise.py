@@ -31,3 +31,27 @@ class GaussianNoise(NoiseModel):
         if self.sigma == 0:
             return clean
         return clean + self.sigma * randn(clean.shape[1:], generators, device=clean.device, dtype=clean.dtype)
+
+
+@NOISES.register("poisson")
+class PoissonNoise(NoiseModel):
+    """DPS's Poisson (shot) noise at ``rate`` photons per 8-bit level:
+
+        x₀₁ = clip((A(x) + 1)/2, 0, 1),   y₀₁ = Poisson(255·rate·x₀₁) / (255·rate),   y = clip(2y₀₁ − 1, −1, 1)
+
+    so E[y₀₁] = x₀₁ and Var[y₀₁] = x₀₁/(255·rate) (before the final clip). Meant for measurements in
+    [−1, 1]; the counts of sample i are drawn from ``generators[i]``.
+    """
+
+    def __init__(self, rate: float) -> None:
+        super().__init__()
+        if rate is None or not rate > 0:
+            raise ValueError(f"poisson noise rate must be > 0, got {rate!r}")
+        self.rate = float(rate)
+
+    def forward(self, clean: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        intensity = ((clean + 1.0) / 2.0).clamp(0.0, 1.0) * (255.0 * self.rate)
+        counts = torch.stack([
+            torch.poisson(sample.to(g.device), generator=g).to(clean.device)
+            for sample, g in zip(intensity, generators)])
+        return (counts / (255.0 * self.rate) * 2.0 - 1.0).clamp(-1.0, 1.0)
