@@ -59,9 +59,10 @@ def assert_holds(model: LatentDiffusion, state: dict[str, torch.Tensor]) -> None
             torch.testing.assert_close(own[key], value.to(own[key].dtype), atol=0, rtol=0, msg=key)
 
 
-def test_lightning_ckpt_round_trip_reproduces_the_reference(tmp_path, lightning_module):
+@pytest.mark.parametrize("filename", ["model.ckpt", "ldm_ffhq256.pt"])  # DAPS stores the .ckpt renamed to .pt
+def test_lightning_checkpoint_round_trip_reproduces_the_reference(tmp_path, lightning_module, filename):
     state = small_ldm_state()
-    path = tmp_path / "model.ckpt"
+    path = tmp_path / filename
     torch.save(lightning_checkpoint(with_ema(state), lightning_module), path)
     model = LatentDiffusion(checkpoint=path, **small_ldm_config())
     assert_holds(model, state)
