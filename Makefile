@@ -1,0 +1,17 @@
+PYTHON ?= python3
+
+.PHONY: install demo test bench accuracy
+install:
+	$(PYTHON) -m pip install -q -r requirements.txt
+
+demo: install
+	$(PYTHON) posterior_sample.py
+
+test: install
+	$(PYTHON) -m pytest -q
+
+bench: install
+	$(PYTHON) -m common.benchmark
+
+accuracy: install
+	$(PYTHON) -m common.accuracy
