@@ -8,6 +8,8 @@ Validate -> build (dataset, operator, model, sampler, metrics) -> loop (common.e
 """
 from __future__ import annotations
 
+import errno
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +24,7 @@ import daps  # noqa: F401  (registers the DAPS samplers)
 import dps  # noqa: F401  (registers the DPS samplers)
 from common.checkpoints import CheckpointError
 from common.data import build_dataset
-from common.experiment import Outputs, run_experiment
+from common.experiment import OutOfMemory, Outputs, run_experiment
 from common.metrics import Metrics
 from common.models import build_model
 from common.operators import build_operator
@@ -59,12 +61,22 @@ class ConfigError(ValueError):
     """Bad input found before sampling; the message says what and what is valid."""
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, turned into the same clean stop as Ctrl-C."""
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
 def check_run_directory(run_dir: Path, resolved: dict[str, Any]) -> None:
     """An existing run directory must hold the same config, unless overwrite=true."""
     saved = run_dir / "config.yaml"
     if not saved.is_file() or resolved.get("overwrite"):
         return
-    ignore = ("resume", "overwrite", "show_progress", "wandb", "wandb_mode", "gpu")
+    # settings that do not change the results (batching is result-invariant by design)
+    ignore = ("resume", "overwrite", "show_progress", "wandb", "wandb_mode", "wandb_entity", "project_name", "gpu",
+              "batch_size", "auto_batch")
     old = {k: v for k, v in (yaml.safe_load(saved.read_text()) or {}).items() if k not in ignore}
     new = {k: v for k, v in resolved.items() if k not in ignore}
     if old != new:
@@ -77,7 +89,8 @@ def check_run_directory(run_dir: Path, resolved: dict[str, Any]) -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> int:
-    """Run one experiment; returns the exit code (0 ok, 1 some samples diverged, 2 bad input)."""
+    """Run one experiment; returns the exit code: 0 ok, 1 some samples diverged, 2 bad input, 3 out of memory,
+    4 disk full, 130 interrupted (Ctrl-C / SIGTERM; rerun to resume)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     problems = validate(resolved)
     if problems:
@@ -104,9 +117,25 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
     outputs = Outputs(save_samples=resolved["save_samples"], save_traj=resolved["save_traj"],
                       save_traj_video=resolved["save_traj_video"], trajectory_points=resolved["trajectory_points"],
                       show_progress=resolved["show_progress"])
-    summary = run_experiment(dataset, operator, model, sampler, directory, metrics, seed=resolved["seed"],
-                             num_runs=resolved["num_runs"], batch_size=resolved["batch_size"], device=device,
-                             outputs=outputs)
+    try:
+        summary = run_experiment(dataset, operator, model, sampler, directory, metrics, seed=resolved["seed"],
+                                 num_runs=resolved["num_runs"], batch_size=resolved["batch_size"], device=device,
+                                 outputs=outputs, auto_batch=resolved["auto_batch"])
+    except KeyboardInterrupt:
+        directory.finish(metrics.names)
+        print(f"interrupted: finished batches are saved in {run_dir}; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    except OutOfMemory as err:
+        directory.finish(metrics.names)
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    except OSError as err:
+        if err.errno != errno.ENOSPC:
+            raise
+        print(f"error: the disk is full ({err.filename}); finished batches are saved in {run_dir}; free space "
+              f"and run the same command again to resume", file=sys.stderr)
+        return 4
     print((run_dir / "eval.md").read_text())
     print(f"results in {run_dir}")
     return 1 if summary["failed"] else 0
@@ -115,6 +144,7 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def main(cfg: DictConfig) -> int:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         code = run(cfg, run_dir)
     except ConfigError as err:

@@ -49,11 +49,38 @@ def measure(operator: Operator, image: torch.Tensor, image_id: int, seed: int) -
     return Measurement(image, y, state)
 
 
+class OutOfMemory(RuntimeError):
+    """The device ran out of memory at a batch size (results of earlier batches are on disk)."""
+
+
 def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Any,
                    run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
-                   device: torch.device, outputs: Outputs = Outputs(),
+                   device: torch.device, outputs: Outputs = Outputs(), auto_batch: bool = False,
                    log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Sample every (image, run) not yet on disk; returns the summary written to ``metrics.json``."""
+    """Sample every (image, run) not yet on disk; returns the summary written to ``metrics.json``.
+
+    A CUDA out-of-memory error halves the batch and retries when ``auto_batch``; otherwise it raises
+    :class:`OutOfMemory` naming the batch size. Either way, finished batches stay on disk.
+    """
+    while True:
+        try:
+            _sample_all(dataset, operator, model, sampler, run_dir, metrics, seed=seed, num_runs=num_runs,
+                        batch_size=batch_size, device=device, outputs=outputs, log=log)
+            break
+        except torch.cuda.OutOfMemoryError as err:
+            torch.cuda.empty_cache()
+            if not auto_batch or batch_size == 1:
+                raise OutOfMemory(f"CUDA ran out of memory at batch_size={batch_size}; results of finished batches "
+                                  f"are kept in {run_dir.root}. Rerun with batch_size={max(batch_size // 2, 1)} "
+                                  f"(or auto_batch=true) to resume") from err
+            batch_size //= 2
+            log(f"CUDA ran out of memory; retrying the remaining samples with batch_size={batch_size}")
+    return run_dir.finish(metrics.names, dict(zip(range(dataset.start, dataset.end), dataset.names())))
+
+
+def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Any,
+                run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
+                device: torch.device, outputs: Outputs, log: Callable[[str], None]) -> None:
     done = run_dir.finished()
     items = [(index, run) for run in range(num_runs) for index in range(len(dataset))]
     todo = [(index, run) for index, run in items if (dataset.start + index, run) not in done]
@@ -91,4 +118,3 @@ def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionMo
             if outputs.save_traj:
                 run_dir.write_trajectory(image_id, run, progress.frames[k], video=outputs.save_traj_video)
             run_dir.write_sample(image_id, run, samples[k], record, save_image=outputs.save_samples)
-    return run_dir.finish(metrics.names, dict(zip(range(dataset.start, dataset.end), names)))

@@ -31,10 +31,13 @@ def validate(cfg: Mapping[str, Any]) -> list[str]:
     gpu = cfg.get("gpu")
     if isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
         problems.append(f"gpu={gpu!r} is not valid: need a CUDA device index >= 0")
-    metrics = cfg.get("eval_fn_list") or []
-    bad = [m for m in metrics if m not in METRIC_NAMES]
-    if bad or not metrics:
-        problems.append(f"eval_fn_list={list(metrics)} is not valid: choose one or more of {', '.join(METRIC_NAMES)}")
+    name = str(cfg.get("name", ""))
+    if not name or name.startswith(("/", "~")) or ".." in name.replace("\\", "/").split("/"):
+        problems.append(f"name={name!r} is not valid: need a relative folder name inside save_dir (no '..', "
+                        f"not absolute)")
+    metrics = cfg.get("eval_fn_list")
+    if not isinstance(metrics, (list, tuple)) or not metrics or any(m not in METRIC_NAMES for m in map(str, metrics)):
+        problems.append(f"eval_fn_list={metrics!r} is not valid: choose one or more of {', '.join(METRIC_NAMES)}")
     if cfg.get("wandb_mode") not in ("online", "offline", "disabled"):
         problems.append(f"wandb_mode={cfg.get('wandb_mode')!r} is not valid: online, offline or disabled")
 
@@ -42,7 +45,7 @@ def validate(cfg: Mapping[str, Any]) -> list[str]:
         block = cfg.get(group)
         if not isinstance(block, Mapping) or "name" not in block:
             problems.append(f"{group} is missing: choose one with {group}=<option> (see configs/{group}/)")
-        elif block["name"] not in registry:
+        elif not isinstance(block["name"], str) or block["name"] not in registry:
             problems.append(f"{group}.name={block['name']!r} is not valid; valid: {', '.join(registry.names())}")
 
     data = cfg.get("data") or {}
@@ -56,12 +59,12 @@ def validate(cfg: Mapping[str, Any]) -> list[str]:
     task = cfg.get("task")
     if not isinstance(task, Mapping) or not task:
         problems.append("task is missing: choose one with task=<option> (see configs/task/)")
-    elif task_group not in task:
+    elif not isinstance(task_group, str) or task_group not in task:
         problems.append(f"task_group={task_group!r} is not valid for this task; valid: {', '.join(task)}")
     else:
         group_cfg = task[task_group] or {}
         name = (group_cfg.get("operator") or {}).get("name")
-        if name not in OPERATORS:
+        if not isinstance(name, str) or name not in OPERATORS:
             problems.append(f"task.{task_group}.operator.name={name!r} is not valid; valid: {', '.join(OPERATORS.names())}")
         sampler = cfg.get("sampler") or {}
         key = sampler.get("task_params")
@@ -69,14 +72,14 @@ def validate(cfg: Mapping[str, Any]) -> list[str]:
             problems.append(f"sampler {sampler.get('name')!r} needs task.{task_group}.{key}, which this task lacks")
 
     model, sampler = cfg.get("model") or {}, cfg.get("sampler") or {}
-    if model.get("name") in MODELS and "latent" in sampler:
+    if isinstance(model.get("name"), str) and model["name"] in MODELS and "latent" in sampler:
         model_latent = bool(getattr(MODELS.get(model["name"]), "latent", False))
         if bool(sampler["latent"]) != model_latent:
             kind = "latent" if model_latent else "pixel-space"
             problems.append(f"sampler {sampler.get('name')!r} (latent={sampler['latent']}) does not fit the {kind} "
                             f"model {model['name']!r}: use a {'latent_/sd_' if model_latent else 'pixel'} sampler")
-        expected = {"ldm": ("ldm",), "sd": ("sd",)}.get(task_group, ("pixel", "pixel_hmc"))
-        model_kind = getattr(MODELS.get(model["name"]), "task_group", "pixel")
-        if task_group in TASK_GROUPS and model_kind not in expected:
-            problems.append(f"task_group={task_group!r} does not fit model {model['name']!r}: use task_group={model_kind}")
+        fitting = MODELS.get(model["name"]).task_groups
+        if isinstance(task_group, str) and task_group in TASK_GROUPS and task_group not in fitting:
+            problems.append(f"task_group={task_group!r} does not fit model {model['name']!r}; valid: "
+                            f"{', '.join(fitting)}")
     return problems

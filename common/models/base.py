@@ -34,6 +34,8 @@ class DiffusionModel(nn.Module):
 
     #: latent models sample in a latent space and decode to images
     latent: bool = False
+    #: the task-config groups tuned for this kind of model (validation refuses the others)
+    task_groups: tuple[str, ...] = ("pixel", "pixel_hmc")
 
     def __init__(self, sample_shape: tuple[int, ...], image_shape: tuple[int, ...] | None = None,
                  betas: torch.Tensor | None = None) -> None:

@@ -86,6 +86,7 @@ class LatentDiffusion(DiffusionModel):
     """
 
     latent = True
+    task_groups = ("ldm",)
 
     def __init__(self, resolution: int, checkpoint: str | Path | None, unet_config: Mapping[str, Any],
                  first_stage_config: Mapping[str, Any], cond_stage_config: Mapping[str, Any] | None = None,

@@ -64,6 +64,7 @@ class StableDiffusion(DiffusionModel):
     """Latent SD prior: samples z of shape (4, inner/8, inner/8), images of shape (3, resolution, resolution)."""
 
     latent = True
+    task_groups = ("sd",)
 
     def __init__(self, model_id: str, resolution: int = 256, inner_resolution: int = 512,
                  prompt: str = "a natural looking image", guidance_scale: float = 7.5, precision: str = "fp16",
