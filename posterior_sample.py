@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 import daps  # noqa: F401  (registers the DAPS samplers)
 import dps  # noqa: F401  (registers the DPS samplers)
 from common.checkpoints import CheckpointError
+from common import distributed
 from common.data import build_dataset
 from common.experiment import OutOfMemory, Outputs, run_experiment
 from common.metrics import Metrics
@@ -50,10 +51,12 @@ def normalize_group_overrides(argv: Sequence[str]) -> list[str]:
     return out
 
 
-def select_device(gpu: int) -> torch.device:
+def select_device(gpu: int, ranks: distributed.Ranks) -> torch.device:
+    """cuda:<gpu> (cuda:LOCAL_RANK under torchrun) when CUDA is available, else the CPU with a notice."""
     if torch.cuda.is_available():
-        return torch.device(f"cuda:{gpu}")
-    print(f"note: CUDA is not available; gpu={gpu} ignored, running on the CPU")
+        return torch.device(f"cuda:{ranks.local_rank if ranks.world_size > 1 else gpu}")
+    if ranks.is_main:
+        print(f"note: CUDA is not available; gpu={gpu} ignored, running on the CPU")
     return torch.device("cpu")
 
 
@@ -88,15 +91,18 @@ def check_run_directory(run_dir: Path, resolved: dict[str, Any]) -> None:
                           f"choose another name=... or pass resume=true / overwrite=true")
 
 
-def run(cfg: DictConfig, run_dir: Path) -> int:
+def run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks = distributed.Ranks()) -> int:
     """Run one experiment; returns the exit code: 0 ok, 1 some samples diverged, 2 bad input, 3 out of memory,
     4 disk full, 130 interrupted (Ctrl-C / SIGTERM; rerun to resume)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
     problems = validate(resolved)
     if problems:
         raise ConfigError("\n".join(problems))
+    if ranks.world_size > 1 and resolved["gpu"] != 0:
+        raise ConfigError(f"gpu={resolved['gpu']} is not valid under torchrun: each rank uses cuda:LOCAL_RANK; "
+                          f"choose devices with CUDA_VISIBLE_DEVICES and leave gpu=0")
     check_run_directory(run_dir, resolved)
-    device = select_device(resolved["gpu"])
+    device = select_device(resolved["gpu"], ranks)
     group = resolved["task"][resolved["task_group"]]
     sampler_cfg = dict(resolved["sampler"])
     sampler_name, task_key = sampler_cfg.pop("name"), sampler_cfg.pop("task_params", None)
@@ -113,21 +119,25 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
         raise ConfigError(f"data.resolution={dataset.resolution} does not match model {resolved['model']['name']!r}, "
                           f"which makes {model.image_shape[-1]}x{model.image_shape[-2]} images")
     directory = RunDirectory(run_dir)
-    directory.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    if ranks.is_main:
+        directory.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     outputs = Outputs(save_samples=resolved["save_samples"], save_traj=resolved["save_traj"],
                       save_traj_video=resolved["save_traj_video"], trajectory_points=resolved["trajectory_points"],
                       show_progress=resolved["show_progress"])
     try:
         summary = run_experiment(dataset, operator, model, sampler, directory, metrics, seed=resolved["seed"],
                                  num_runs=resolved["num_runs"], batch_size=resolved["batch_size"], device=device,
-                                 outputs=outputs, auto_batch=resolved["auto_batch"])
+                                 outputs=outputs, auto_batch=resolved["auto_batch"], ranks=ranks,
+                                 log=print if ranks.is_main else lambda message: None)
     except KeyboardInterrupt:
-        directory.finish(metrics.names)
+        if ranks.is_main:
+            directory.finish(metrics.names)
         print(f"interrupted: finished batches are saved in {run_dir}; run the same command again to resume",
               file=sys.stderr)
         return 130
     except OutOfMemory as err:
-        directory.finish(metrics.names)
+        if ranks.is_main:
+            directory.finish(metrics.names)
         print(f"error: {err}", file=sys.stderr)
         return 3
     except OSError as err:
@@ -136,6 +146,8 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
         print(f"error: the disk is full ({err.filename}); finished batches are saved in {run_dir}; free space "
               f"and run the same command again to resume", file=sys.stderr)
         return 4
+    if not ranks.is_main:
+        return 0
     print((run_dir / "eval.md").read_text())
     print(f"results in {run_dir}")
     return 1 if summary["failed"] else 0
@@ -145,11 +157,19 @@ def run(cfg: DictConfig, run_dir: Path) -> int:
 def main(cfg: DictConfig) -> int:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     signal.signal(signal.SIGTERM, _raise_interrupted)
+    ranks = distributed.ranks_from_env()
+    if ranks.world_size > 1 and HydraConfig.get().mode.name == "MULTIRUN":
+        print("error: -m (multirun) cannot be combined with torchrun (WORLD_SIZE > 1): sweep with a Hydra "
+              "launcher, and use torchrun for one run at a time", file=sys.stderr)
+        sys.exit(2)
+    distributed.init(ranks)
     try:
-        code = run(cfg, run_dir)
+        code = run(cfg, run_dir, ranks)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2
+    finally:
+        distributed.shutdown(ranks)
     if code and HydraConfig.get().mode.name == "RUN":
         sys.exit(code)
     return code

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from common.data import ImageDataset
+from common.distributed import Ranks, barrier
 from common.metrics import Metrics
 from common.models.base import DiffusionModel
 from common.operators.base import Operator, stack_states
@@ -56,8 +57,9 @@ class OutOfMemory(RuntimeError):
 def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Any,
                    run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
                    device: torch.device, outputs: Outputs = Outputs(), auto_batch: bool = False,
-                   log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Sample every (image, run) not yet on disk; returns the summary written to ``metrics.json``.
+                   ranks: Ranks = Ranks(), log: Callable[[str], None] = print) -> dict[str, Any] | None:
+    """Sample every (image, run) not yet on disk; returns the summary written to ``metrics.json``
+    (on rank 0; other ranks return None after the barrier).
 
     A CUDA out-of-memory error halves the batch and retries when ``auto_batch``; otherwise it raises
     :class:`OutOfMemory` naming the batch size. Either way, finished batches stay on disk.
@@ -65,7 +67,8 @@ def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionMo
     while True:
         try:
             _sample_all(dataset, operator, model, sampler, run_dir, metrics, seed=seed, num_runs=num_runs,
-                        batch_size=batch_size, device=device, outputs=outputs, log=log)
+                        batch_size=batch_size, device=device, outputs=outputs, indices=ranks.shard(len(dataset)),
+                        log=log)
             break
         except torch.cuda.OutOfMemoryError as err:
             torch.cuda.empty_cache()
@@ -75,14 +78,17 @@ def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionMo
                                   f"(or auto_batch=true) to resume") from err
             batch_size //= 2
             log(f"CUDA ran out of memory; retrying the remaining samples with batch_size={batch_size}")
+    barrier(ranks)
+    if not ranks.is_main:
+        return None
     return run_dir.finish(metrics.names, dict(zip(range(dataset.start, dataset.end), dataset.names())))
 
 
 def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Any,
                 run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
-                device: torch.device, outputs: Outputs, log: Callable[[str], None]) -> None:
+                device: torch.device, outputs: Outputs, indices: Sequence[int], log: Callable[[str], None]) -> None:
     done = run_dir.finished()
-    items = [(index, run) for run in range(num_runs) for index in range(len(dataset))]
+    items = [(index, run) for run in range(num_runs) for index in indices]
     todo = [(index, run) for index, run in items if (dataset.start + index, run) not in done]
     if len(todo) < len(items):
         log(f"resuming: {len(items) - len(todo)} of {len(items)} samples already in {run_dir.root}")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, load_fixture
-from test_ldm_model import small_ldm_config, small_ldm_state
+from ldm_tiny import small_ldm_config, small_ldm_state
 
 from common.checkpoints import (LIGHTNING_SAFE_GLOBALS, CheckpointError, LightningCallbackState, load_state_dict,
                                 load_strict)

@@ -9,6 +9,7 @@ import pytest
 import torch
 import yaml
 from conftest import REPO, load_fixture
+from ldm_tiny import small_ldm_config, small_ldm_state
 
 from common.checkpoints import CheckpointError
 from common.models import MODELS, build_model
@@ -19,26 +20,6 @@ from common.schedules import ddpm_betas
 TOL = dict(atol=1e-5, rtol=1e-5)
 VP_TOL_SIGMA_20 = dict(atol=1e-4, rtol=1e-5)  # ε̂ is multiplied by σ = 20
 DECODER_TOL = dict(atol=3e-5, rtol=1e-5)  # see test_vq_autoencoder.DECODER_TOL
-
-
-def small_ldm_config() -> dict:
-    """Our "ldm" arguments for the reference's small LatentDiffusion (``latent_diffusion_config_used_for_vp``)."""
-    ref = load_fixture("ldm_unet_small.pt")["config"]["latent_diffusion_config_used_for_vp"]["params"]
-    first_stage = {k: v for k, v in ref["first_stage_config"]["params"].items() if k != "lossconfig"}
-    return dict(resolution=first_stage["ddconfig"]["resolution"],
-                unet_config={k: v for k, v in ref["unet_config"]["params"].items() if k != "image_size"},
-                first_stage_config=first_stage, linear_start=ref["linear_start"], linear_end=ref["linear_end"],
-                timesteps=ref["timesteps"])
-
-
-def small_ldm_state() -> dict[str, torch.Tensor]:
-    """The small LatentDiffusion state dict assembled as the reference holds it (float32 schedule buffers)."""
-    cfg = small_ldm_config()
-    schedule = ldm_schedule(ddpm_betas("scaled_linear", cfg["timesteps"], cfg["linear_start"], cfg["linear_end"]))
-    state = {k: v.float() for k, v in schedule.items()}
-    state.update({f"model.diffusion_model.{k}": v for k, v in load_fixture("ldm_unet_small.pt")["state_dict"].items()})
-    state.update({f"first_stage_model.{k}": v for k, v in load_fixture("vq_f4_small.pt")["state_dict"].items()})
-    return state
 
 
 @pytest.fixture(scope="module")
