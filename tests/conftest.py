@@ -23,3 +23,13 @@ def load_fixture(name: str):
         rows = [line.split("\t") for line in path.read_text().splitlines() if line]
         return [(k, tuple(int(s) for s in shape.split(",") if s)) for k, shape in rows]
     return torch.load(path, weights_only=True, map_location="cpu")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny networks gain nothing from threads; on shared cores extra threads only wait for each other.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

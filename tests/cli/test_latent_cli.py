@@ -29,13 +29,7 @@ COMMON = [f"data.resolution={RES}", "data.end_id=2", "eval_fn_list=[psnr,ssim]",
           "trajectory_points=10", "batch_size=10", *STEPS]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks gain nothing from threads on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -36,13 +36,7 @@ TASKS = sorted(p.stem for p in (REPO / "configs" / "task").glob("*.yaml"))
 EXACT = dict(atol=1e-6, rtol=0)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny networks gain nothing from threads on shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class IdentityLatentGaussian(GaussianPrior):
