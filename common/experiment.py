@@ -33,6 +33,7 @@ class Outputs:
     save_traj_video: bool = False
     trajectory_points: int = 10
     show_progress: bool = True
+    on_step: Callable[[dict[str, float]], None] | None = None  # per-step scalars (residual, sigma), e.g. W&B
 
 
 @dataclass
@@ -107,7 +108,7 @@ def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel
         operator.set_state(stack_states([cache[index].state for index, _ in batch]))
         generators = [make_generator(seed, image_id, run, device=device) for image_id, (_, run) in zip(ids, batch)]
         progress = Progress(len(batch), gt, record_frames=outputs.save_traj, points=outputs.trajectory_points,
-                            show_bar=outputs.show_progress, latent=model.latent,
+                            show_bar=outputs.show_progress, latent=model.latent, on_step=outputs.on_step,
                             description=f"batch {first // batch_size + 1}/{-(-len(todo) // batch_size)}")
         samples = sampler.sample(model, operator, y, generators=generators, callback=progress)
         values = metrics(samples, gt)

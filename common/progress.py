@@ -7,7 +7,7 @@ the bar's PSNR only when ground truth is given and the model samples in pixel sp
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -29,13 +29,15 @@ class Progress:
     """Callable passed as ``callback`` to a sampler for one batch."""
 
     def __init__(self, batch_size: int, ground_truth: torch.Tensor | None = None, record_frames: bool = False,
-                 points: int = 10, show_bar: bool = True, description: str = "", latent: bool = False) -> None:
+                 points: int = 10, show_bar: bool = True, description: str = "", latent: bool = False,
+                 on_step: Callable[[dict[str, float]], None] | None = None) -> None:
         # the bar's PSNR needs x̂ in pixel space: shown for pixel models only (no decode per step)
         self.ground_truth = None if latent else ground_truth
         self.record_frames, self.points, self.show_bar = record_frames, points, show_bar
         self.description = description
         self.frames: list[dict[str, list[torch.Tensor]]] = [{k: [] for k in FRAME_KEYS} for _ in range(batch_size)]
         self.failed_at: list[int | None] = [None] * batch_size
+        self.on_step = on_step  # receives cheap per-step scalars (residual, sigma), e.g. for W&B curves
         self._bar: Any = None
         self._steps: set[int] | None = None
 
@@ -50,11 +52,23 @@ class Progress:
                 self.failed_at[i] = step
         if step in self._steps:
             self._record(state)
+        if self.on_step is not None:
+            self.on_step(self._scalars(state))
         if self._bar is not None:
             self._bar.update(1)
             self._bar.set_postfix(self._postfix(state), refresh=False)
             if step == num_steps - 1:
                 self._bar.close()
+
+    @staticmethod
+    def _scalars(state: dict[str, Any]) -> dict[str, float]:
+        scalars = {"step": float(state["step"])}
+        if state.get("residual") is not None:
+            scalars["residual"] = float(state["residual"].nanmean())
+        for key in ("sigma", "t"):
+            if state.get(key) is not None:
+                scalars[key] = float(state[key])
+        return scalars
 
     def _postfix(self, state: dict[str, Any]) -> dict[str, str]:
         postfix = {}
