@@ -12,7 +12,7 @@ import errno
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import hydra
 import torch
@@ -31,6 +31,7 @@ from common.models import build_model
 from common.operators import build_operator
 from common.registry import SAMPLERS
 from common.run_dir import RunDirectory
+from common.tracking import Tracker, run_tags
 from common.validate import validate
 
 CONFIG_GROUPS = ("data", "model", "task", "sampler")
@@ -54,7 +55,7 @@ def normalize_group_overrides(argv: Sequence[str]) -> list[str]:
 def select_device(gpu: int, ranks: distributed.Ranks) -> torch.device:
     """cuda:<gpu> (cuda:LOCAL_RANK under torchrun) when CUDA is available, else the CPU with a notice."""
     if torch.cuda.is_available():
-        return torch.device(f"cuda:{ranks.local_rank if ranks.world_size > 1 else gpu}")
+        return torch.device(f"cuda:{ranks.device_index if ranks.world_size > 1 else gpu}")
     if ranks.is_main:
         print(f"note: CUDA is not available; gpu={gpu} ignored, running on the CPU")
     return torch.device("cpu")
@@ -91,7 +92,8 @@ def check_run_directory(run_dir: Path, resolved: dict[str, Any]) -> None:
                           f"choose another name=... or pass resume=true / overwrite=true")
 
 
-def run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks = distributed.Ranks()) -> int:
+def run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks = distributed.Ranks(),
+        choices: Mapping[str, str] | None = None) -> int:
     """Run one experiment; returns the exit code: 0 ok, 1 some samples diverged, 2 bad input, 3 out of memory,
     4 disk full, 130 interrupted (Ctrl-C / SIGTERM; rerun to resume)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
@@ -121,9 +123,12 @@ def run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks = distributed.R
     directory = RunDirectory(run_dir)
     if ranks.is_main:
         directory.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    tracker = Tracker.start(resolved, run_dir, enabled=resolved["wandb"] and ranks.is_main,
+                            project=resolved["project_name"], entity=resolved["wandb_entity"],
+                            mode=resolved["wandb_mode"], tags=run_tags(choices or {}, resolved["task_group"]))
     outputs = Outputs(save_samples=resolved["save_samples"], save_traj=resolved["save_traj"],
                       save_traj_video=resolved["save_traj_video"], trajectory_points=resolved["trajectory_points"],
-                      show_progress=resolved["show_progress"])
+                      show_progress=resolved["show_progress"], on_step=tracker.on_step if tracker.active else None)
     try:
         summary = run_experiment(dataset, operator, model, sampler, directory, metrics, seed=resolved["seed"],
                                  num_runs=resolved["num_runs"], batch_size=resolved["batch_size"], device=device,
@@ -148,6 +153,8 @@ def run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks = distributed.R
         return 4
     if not ranks.is_main:
         return 0
+    tracker.log_records(directory.records())
+    tracker.finish(summary, run_dir)
     print((run_dir / "eval.md").read_text())
     print(f"results in {run_dir}")
     return 1 if summary["failed"] else 0
@@ -158,13 +165,13 @@ def main(cfg: DictConfig) -> int:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     signal.signal(signal.SIGTERM, _raise_interrupted)
     ranks = distributed.ranks_from_env()
-    if ranks.world_size > 1 and HydraConfig.get().mode.name == "MULTIRUN":
+    if ranks.launcher == "torchrun" and HydraConfig.get().mode.name == "MULTIRUN":
         print("error: -m (multirun) cannot be combined with torchrun (WORLD_SIZE > 1): sweep with a Hydra "
               "launcher, and use torchrun for one run at a time", file=sys.stderr)
         sys.exit(2)
     distributed.init(ranks)
     try:
-        code = run(cfg, run_dir, ranks)
+        code = run(cfg, run_dir, ranks, choices=dict(HydraConfig.get().runtime.choices))
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         code = 2

@@ -23,10 +23,17 @@ class Ranks:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launcher: str = "single"  # single | torchrun | slurm (tasks of one SLURM job, e.g. the slurm_dp preset)
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def device_index(self) -> int:
+        """The CUDA device of this process: LOCAL_RANK under torchrun; 0 for SLURM tasks, which each see only
+        their own GPU (submitit narrows CUDA_VISIBLE_DEVICES)."""
+        return self.local_rank if self.launcher == "torchrun" else 0
 
     def shard(self, count: int) -> list[int]:
         """This rank's share of ``range(count)``: every ``world_size``-th index from ``rank``."""
@@ -34,9 +41,16 @@ class Ranks:
 
 
 def ranks_from_env() -> Ranks:
-    """Rank, world size and local rank set by torchrun (a single process when unset)."""
-    return Ranks(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                 int(os.environ.get("LOCAL_RANK", 0)))
+    """Rank, world size and local rank set by torchrun, else by a multi-task SLURM job started through
+    submitit (which also exports the rendezvous address), else a single process."""
+    if "WORLD_SIZE" in os.environ:
+        return Ranks(int(os.environ.get("RANK", 0)), int(os.environ["WORLD_SIZE"]),
+                     int(os.environ.get("LOCAL_RANK", 0)), "torchrun")
+    if int(os.environ.get("SLURM_NTASKS", 1)) > 1 and "SUBMITIT_EXECUTOR" in os.environ:
+        from submitit.helpers import TorchDistributedEnvironment
+        env = TorchDistributedEnvironment().export()  # sets MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE
+        return Ranks(env.rank, env.world_size, env.local_rank, "slurm")
+    return Ranks()
 
 
 def init(ranks: Ranks) -> None:

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# DAPS paper, pixel-space DAPS-1K (200 annealing x 5 ODE steps, the edm_daps defaults) on the 100-image
+# test-ffhq and test-imagenet sets, all eight tasks (the DAPS repository's commands/pixel_*.sh).
+#   commands/pixel.sh GPUS OUT_ROOT [--dry-run] [hydra overrides]     (see commands/_common.sh)
+# Per dataset: one multirun over the seven one-sample tasks, one for phase retrieval (best of 4 runs).
+# Results: OUT_ROOT/pixel/<dataset>[-4runs]/<overrides>/; table: python -m common.report OUT_ROOT/pixel --papers
+source "$(dirname "$0")/_common.sh"
+parse_args "$@"
+
+need checkpoints/GOPRO_wVAE.pth models
+need_lpips
+for dataset in ffhq imagenet; do
+    need "checkpoints/${dataset}256.pt" models
+    need "dataset/test-$dataset" data
+done
+check_needs
+
+for dataset in ffhq imagenet; do
+    common=(data="test-$dataset" model="${dataset}256ddpm" sampler=edm_daps task_group=pixel batch_size=100
+            save_dir="$OUT_ROOT/pixel")
+    multirun "${common[@]}" name="$dataset" num_runs=1 \
+        task=down_sampling,inpainting,inpainting_rand,gaussian_blur,motion_blur,nonlinear_blur,hdr
+    multirun "${common[@]}" name="$dataset-4runs" num_runs=4 task=phase_retrieval
+done
