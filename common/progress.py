@@ -7,6 +7,7 @@ the bar's PSNR only when ground truth is given and the model samples in pixel sp
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 import torch
@@ -15,6 +16,8 @@ from tqdm.auto import tqdm
 from common.metrics import to_unit
 
 FRAME_KEYS = ("x0hat", "x0y", "x_t")
+#: seconds between progress-bar postfix updates (each reads values from the device, a synchronisation)
+POSTFIX_INTERVAL = 0.5
 
 
 def record_steps(num_steps: int, points: int) -> set[int]:
@@ -36,7 +39,8 @@ class Progress:
         self.record_frames, self.points, self.show_bar = record_frames, points, show_bar
         self.description = description
         self.frames: list[dict[str, list[torch.Tensor]]] = [{k: [] for k in FRAME_KEYS} for _ in range(batch_size)]
-        self.failed_at: list[int | None] = [None] * batch_size
+        self._first_bad = torch.full((batch_size,), -1, dtype=torch.long)
+        self._last_postfix = float("-inf")
         self.on_step = on_step  # receives cheap per-step scalars (residual, sigma), e.g. for W&B curves
         self._bar: Any = None
         self._steps: set[int] | None = None
@@ -47,18 +51,26 @@ class Progress:
             self._steps = record_steps(num_steps, self.points) if self.record_frames else set()
             if self.show_bar:
                 self._bar = tqdm(total=num_steps, desc=self.description, leave=False, dynamic_ncols=True)
-        for i, ok in enumerate(state["finite"].tolist()):
-            if not ok and self.failed_at[i] is None:
-                self.failed_at[i] = step
+        finite = state["finite"]
+        first_bad = self._first_bad.to(finite.device)
+        self._first_bad = torch.where(~finite & (first_bad < 0), step, first_bad)
         if step in self._steps:
             self._record(state)
         if self.on_step is not None:
             self.on_step(self._scalars(state))
         if self._bar is not None:
+            now = time.monotonic()
+            if now - self._last_postfix >= POSTFIX_INTERVAL or step == num_steps - 1:
+                self._bar.set_postfix(self._postfix(state), refresh=False)
+                self._last_postfix = now
             self._bar.update(1)
-            self._bar.set_postfix(self._postfix(state), refresh=False)
             if step == num_steps - 1:
                 self._bar.close()
+
+    @property
+    def failed_at(self) -> list[int | None]:
+        """First step at which each sample was reported non-finite (None: never); read after sampling."""
+        return [None if s < 0 else s for s in self._first_bad.tolist()]
 
     @staticmethod
     def _scalars(state: dict[str, Any]) -> dict[str, float]:

@@ -27,9 +27,10 @@ def make_generator(*parts: int | str, device: torch.device | str = "cpu") -> tor
 def randn(shape: Sequence[int], generators: Sequence[torch.Generator], *,
           device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Standard normal draws of shape ``(len(generators), *shape)``, sample i from ``generators[i]``."""
-    return torch.stack([
-        torch.randn(tuple(shape), generator=g, device=g.device, dtype=dtype) for g in generators
-    ]).to(device or generators[0].device)
+    out = torch.empty((len(generators), *shape), dtype=dtype, device=generators[0].device)
+    for g, row in zip(generators, out):
+        torch.randn(tuple(shape), generator=g, dtype=dtype, out=row)
+    return out.to(device or generators[0].device)
 
 
 def rand(shape: Sequence[int], generators: Sequence[torch.Generator], *,

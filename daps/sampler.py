@@ -25,7 +25,7 @@ from common.random import randn
 from common.registry import SAMPLERS
 from common.schedules import annealing_sigmas
 from daps.mcmc import MCMCSampler, MeasurementFit
-from daps.pfode import pf_ode_x0
+from daps.pfode import pf_ode_grid, pf_ode_x0_on_grid
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -52,6 +52,9 @@ class DAPS:
         self.ode_steps, self.ode_sigma_min = int(ode["num_steps"]), float(ode["sigma_min"])
         if self.ode_steps < 1:
             raise ValueError(f"diffusion_scheduler_config.num_steps={self.ode_steps} must be >= 1")
+        # the PF-ODE grid of every annealing level, built once: (num_steps, ode_steps) float32 each
+        grids = [pf_ode_grid(s, self.ode_steps, self.ode_sigma_min) for s in self.sigmas[:-1]]
+        self.ode_sigmas, self.ode_dts = (torch.stack(g) for g in zip(*grids))
         self.mcmc = MCMCSampler(**dict(mcmc_sampler_config))
 
     @property
@@ -63,13 +66,13 @@ class DAPS:
                generators: Sequence[torch.Generator], callback: Callback | None = None) -> torch.Tensor:
         """Posterior samples x0 ~ p(x0 | y) in image space, one per generator (NaN where a chain diverged)."""
         device = y.device
-        sigmas = self.sigmas.to(device)
+        sigmas, ode_sigmas, ode_dts = (t.to(device) for t in (self.sigmas, self.ode_sigmas, self.ode_dts))
         fit = MeasurementFit(model, operator, y)
         tracker = DivergenceTracker(len(generators))
         x_t = randn(model.sample_shape, generators, device=device) * sigmas[0]
         for step in range(self.num_steps):
             sigma = sigmas[step]
-            x0hat = pf_ode_x0(model, x_t, sigma, self.ode_steps, self.ode_sigma_min)
+            x0hat = pf_ode_x0_on_grid(model, x_t, ode_sigmas[step], ode_dts[step])
             x0y, loss = self.mcmc.sample(model, fit, x0hat, x_t, sigma, step / (self.num_steps + 1), generators)
             x0y = tracker.check(x0y, step)
             if callback is not None:

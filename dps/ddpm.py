@@ -19,6 +19,7 @@ float32 when it meets a tensor, as in the reference.
 """
 from __future__ import annotations
 
+import copy
 from typing import Sequence
 
 import torch
@@ -98,6 +99,12 @@ class DDPMSchedule:
 
     def __len__(self) -> int:
         return len(self.betas)
+
+    def to(self, device: torch.device | str) -> "DDPMSchedule":
+        """A copy whose tables (and ``timesteps``) live on ``device``: per-step lookups then stay there."""
+        moved = copy.copy(self)
+        moved.__dict__.update({k: v.to(device) for k, v in vars(self).items() if isinstance(v, torch.Tensor)})
+        return moved
 
     @staticmethod
     def at(table: torch.Tensor, i: int, like: torch.Tensor) -> torch.Tensor:

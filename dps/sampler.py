@@ -111,8 +111,9 @@ class DPS:
                generators: Sequence[torch.Generator], callback: Callback | None = None) -> torch.Tensor:
         """Posterior samples in image space, one per generator (NaN where a chain diverged)."""
         self.method.check(model, operator, y)
-        schedule = self.schedule(model)
-        num_steps, device = len(schedule), y.device
+        host = self.schedule(model)  # for the callback's t and σ, read without touching the device
+        num_steps, device = len(host), y.device
+        schedule = host.to(device)
         tracker = DivergenceTracker(len(generators))
         x_t = randn(model.sample_shape, generators, device=device)
         for step, i in enumerate(reversed(range(num_steps))):
@@ -122,8 +123,8 @@ class DPS:
             x_next = tracker.check(out.x_next, step)
             tracker.check(out.residual[:, None], step)  # a non-finite residual fails the sample too
             if callback is not None:
-                callback({"step": step, "num_steps": num_steps, "t": int(schedule.timesteps[i]),
-                          "sigma": schedule.sigma(i), "x_t": x_t, "x0hat": out.x0hat, "residual": out.residual,
+                callback({"step": step, "num_steps": num_steps, "t": int(host.timesteps[i]),
+                          "sigma": host.sigma(i), "x_t": x_t, "x0hat": out.x0hat, "residual": out.residual,
                           "finite": tracker.finite, "decode": model.decode})
             x_t = x_next
         return tracker.mark(model.decode(x_t).float())
