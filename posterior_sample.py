@@ -24,11 +24,13 @@ import daps  # noqa: F401  (registers the DAPS samplers)
 import dps  # noqa: F401  (registers the DPS samplers)
 from common.checkpoints import CheckpointError
 from common import distributed
+from common.acceleration import accelerate
 from common.data import build_dataset
 from common.experiment import OutOfMemory, Outputs, run_experiment
 from common.metrics import Metrics
 from common.models import build_model
 from common.operators import build_operator
+from common.protocol import InputError, split_operator_config
 from common.registry import SAMPLERS
 from common.run_dir import RunDirectory
 from common.tracking import Tracker, run_tags
@@ -111,8 +113,10 @@ def run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks = distributed.R
     sampler_cfg.pop("latent", None)
     try:
         dataset = build_dataset(**resolved["data"])
-        operator = build_operator(**group["operator"]).to(device)
-        model = build_model(**resolved["model"]).to(device)
+        operator_params, state_plan = split_operator_config(group["operator"])
+        operator = build_operator(**operator_params).to(device)
+        model = accelerate(build_model(**resolved["model"]).to(device), compile=resolved["compile"],
+                           channels_last=resolved["channels_last"], compile_mode=resolved["compile_mode"])
         sampler = SAMPLERS.build(sampler_name, **sampler_cfg, **({task_key: group[task_key]} if task_key else {}))
         metrics = Metrics(resolved["eval_fn_list"], device=device)
     except (ValueError, TypeError, CheckpointError) as err:
@@ -133,16 +137,18 @@ def run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks = distributed.R
         summary = run_experiment(dataset, operator, model, sampler, directory, metrics, seed=resolved["seed"],
                                  num_runs=resolved["num_runs"], batch_size=resolved["batch_size"], device=device,
                                  outputs=outputs, auto_batch=resolved["auto_batch"], ranks=ranks,
-                                 log=print if ranks.is_main else lambda message: None)
+                                 log=print if ranks.is_main else lambda message: None, state_plan=state_plan)
+    except InputError as err:  # a loaded operator state or a measurement that does not fit: found before sampling
+        raise ConfigError(str(err)) from err
     except KeyboardInterrupt:
         if ranks.is_main:
-            directory.finish(metrics.names)
+            directory.finish(metrics.names if dataset.ground_truth else [])
         print(f"interrupted: finished batches are saved in {run_dir}; run the same command again to resume",
               file=sys.stderr)
         return 130
     except OutOfMemory as err:
         if ranks.is_main:
-            directory.finish(metrics.names)
+            directory.finish(metrics.names if dataset.ground_truth else [])
         print(f"error: {err}", file=sys.stderr)
         return 3
     except OSError as err:

@@ -6,6 +6,11 @@
 Work items (image, run) are batched together (``batch_size`` items per sampler call, runs and images
 mixed), each with its own generator, so results do not depend on the batch size. Every finished batch is
 on disk before the next starts; items already on disk are skipped (resume).
+
+The operator state may instead be loaded or shared (a :class:`~common.protocol.StatePlan`). A dataset
+without ground truth (``dataset.ground_truth`` False) gives y directly, with the state stored beside it
+(or the plan's, or drawn); its records hold the residual only. With ``num_runs`` ≥ 2 the float samples are
+kept for the posterior mean/std maps (:mod:`common.uncertainty`).
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from common.metrics import Metrics
 from common.models.base import DiffusionModel
 from common.operators.base import Operator, stack_states
 from common.progress import Progress
+from common.protocol import InputError, StatePlan, environment, state_source
 from common.random import make_generator
 from common.run_dir import RunDirectory
 
@@ -38,17 +44,52 @@ class Outputs:
 
 @dataclass
 class Measurement:
-    image: torch.Tensor
+    image: torch.Tensor | None  # None: no ground truth
     y: torch.Tensor
     state: dict[str, torch.Tensor]
 
 
-def measure(operator: Operator, image: torch.Tensor, image_id: int, seed: int) -> Measurement:
-    """y = A(x) + n for one image, its operator state and noise drawn from (seed, image id)."""
-    state = operator.draw_state(make_generator(seed, image_id, "operator"))
+def measure(operator: Operator, image: torch.Tensor, image_id: int, seed: int,
+            state: dict[str, torch.Tensor] | None = None) -> Measurement:
+    """y = A(x) + n for one image, the noise drawn from (seed, image id), the operator state given or drawn
+    from (seed, image id)."""
+    state = operator.draw_state(make_generator(seed, image_id, "operator")) if state is None else state
     operator.set_state(stack_states([state]))
     y = operator.measure(image[None], [make_generator(seed, image_id, "measurement")])[0]
     return Measurement(image, y, state)
+
+
+def _check_measurements(dataset: ImageDataset, operator: Operator, states: Callable[[int], Any],
+                        device: torch.device, log: Callable[[str], None]) -> None:
+    """Before sampling: every y must have the shape A gives a (3, R, R) image under its state."""
+    drawn = 0
+    for index, image_id in enumerate(dataset.ids()):
+        _, y = dataset[index]
+        state = states(image_id) or dataset.state(index)
+        if state is None:
+            state, drawn = operator.draw_state(make_generator(0, "probe")), drawn + 1
+        operator.set_state(stack_states([state]))
+        with torch.no_grad():
+            expected = operator(torch.zeros(1, 3, dataset.resolution, dataset.resolution, device=device)).shape[1:]
+        if tuple(y.shape) != tuple(expected):
+            raise InputError(f"measurement {dataset.names()[index]} has shape {tuple(y.shape)}, but "
+                             f"{type(operator).__name__} maps {dataset.resolution}x{dataset.resolution} images to "
+                             f"{tuple(expected)}: check data.resolution and the task")
+    if drawn and operator.draw_state(make_generator(0, "probe")):
+        log(f"note: {drawn} measurement(s) come without an operator state (mask/kernel); it is drawn from "
+            f"(seed, image id) as in a ground-truth run. Pass task.<group>.operator.state=PATH to use a saved one")
+
+
+def _measurement(dataset: ImageDataset, index: int, operator: Operator, seed: int,
+                 states: Callable[[int], dict[str, torch.Tensor] | None], device: torch.device) -> Measurement:
+    """The measurement of item ``index``: simulated from the ground truth, or read (no ground truth)."""
+    image_id, item = dataset[index]
+    state = states(image_id)
+    if dataset.ground_truth:
+        return measure(operator, item.to(device), image_id, seed, state)
+    if state is None:
+        state = dataset.state(index) or operator.draw_state(make_generator(seed, image_id, "operator"))
+    return Measurement(None, item.to(device), state)
 
 
 class OutOfMemory(RuntimeError):
@@ -58,18 +99,28 @@ class OutOfMemory(RuntimeError):
 def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Any,
                    run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
                    device: torch.device, outputs: Outputs = Outputs(), auto_batch: bool = False,
-                   ranks: Ranks = Ranks(), log: Callable[[str], None] = print) -> dict[str, Any] | None:
+                   ranks: Ranks = Ranks(), log: Callable[[str], None] = print,
+                   state_plan: StatePlan = StatePlan()) -> dict[str, Any] | None:
     """Sample every (image, run) not yet on disk; returns the summary written to ``metrics.json``
     (on rank 0; other ranks return None after the barrier).
 
-    A CUDA out-of-memory error halves the batch and retries when ``auto_batch``; otherwise it raises
+    ``state_plan`` says where the operator state comes from (drawn per image by default). Loaded states and
+    measurement shapes are checked first (:class:`~common.protocol.InputError`, before any sampling). A CUDA
+    out-of-memory error halves the batch and retries when ``auto_batch``; otherwise it raises
     :class:`OutOfMemory` naming the batch size. Either way, finished batches stay on disk.
     """
+    states = state_source(state_plan, operator, seed, dataset.ids())
+    if not dataset.ground_truth:
+        _check_measurements(dataset, operator, states, device, log)
+    if ranks.is_main:
+        run_dir.write_json("protocol.json", {
+            "data": dataset.protocol(), "operator_state": state_plan.describe(), "seed": seed, "num_runs": num_runs,
+            "ground_truth": dataset.ground_truth, "metrics": metrics.describe(), "environment": environment()})
     while True:
         try:
             _sample_all(dataset, operator, model, sampler, run_dir, metrics, seed=seed, num_runs=num_runs,
                         batch_size=batch_size, device=device, outputs=outputs, indices=ranks.shard(len(dataset)),
-                        log=log)
+                        log=log, states=states)
             break
         except torch.cuda.OutOfMemoryError as err:
             torch.cuda.empty_cache()
@@ -82,28 +133,35 @@ def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionMo
     barrier(ranks)
     if not ranks.is_main:
         return None
-    return run_dir.finish(metrics.names, dict(zip(range(dataset.start, dataset.end), dataset.names())))
+    names = metrics.names if dataset.ground_truth else []
+    return run_dir.finish(names, dict(zip(dataset.ids(), dataset.names())),
+                          set_metric_names=metrics.set_names if dataset.ground_truth else (), device=device)
 
 
 def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Any,
                 run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
-                device: torch.device, outputs: Outputs, indices: Sequence[int], log: Callable[[str], None]) -> None:
+                device: torch.device, outputs: Outputs, indices: Sequence[int], log: Callable[[str], None],
+                states: Callable[[int], dict[str, torch.Tensor] | None]) -> None:
     done = run_dir.finished()
+    all_ids = dataset.ids()
     items = [(index, run) for run in range(num_runs) for index in indices]
-    todo = [(index, run) for index, run in items if (dataset.start + index, run) not in done]
+    todo = [(index, run) for index, run in items if (all_ids[index], run) not in done]
     if len(todo) < len(items):
         log(f"resuming: {len(items) - len(todo)} of {len(items)} samples already in {run_dir.root}")
     cache: dict[int, Measurement] = {}
     names = dataset.names()
+    keep_raw = num_runs >= 2  # float samples for the posterior mean/std maps
+    size = (dataset.resolution, dataset.resolution)
     for first in range(0, len(todo), batch_size):
         batch = todo[first:first + batch_size]
         for index, _ in batch:
             if index not in cache:
-                image_id, image = dataset[index]
-                cache[index] = measure(operator, image.to(device), image_id, seed)
-                run_dir.write_inputs(image_id, image, cache[index].y, cache[index].state, image.shape[-2:])
-        ids = [dataset.start + index for index, _ in batch]
-        gt = torch.stack([cache[index].image for index, _ in batch])
+                cache[index] = _measurement(dataset, index, operator, seed, states, device)
+                image = cache[index].image
+                run_dir.write_inputs(all_ids[index], None if image is None else image.cpu(), cache[index].y,
+                                     cache[index].state, size, raw=keep_raw)
+        ids = [all_ids[index] for index, _ in batch]
+        gt = torch.stack([cache[index].image for index, _ in batch]) if dataset.ground_truth else None
         y = torch.stack([cache[index].y for index, _ in batch])
         operator.set_state(stack_states([cache[index].state for index, _ in batch]))
         generators = [make_generator(seed, image_id, run, device=device) for image_id, (_, run) in zip(ids, batch)]
@@ -111,7 +169,7 @@ def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel
                             show_bar=outputs.show_progress, latent=model.latent, on_step=outputs.on_step,
                             description=f"batch {first // batch_size + 1}/{-(-len(todo) // batch_size)}")
         samples = sampler.sample(model, operator, y, generators=generators, callback=progress)
-        values = metrics(samples, gt)
+        values = metrics(samples, gt) if gt is not None else {}
         with torch.no_grad():
             residual = operator.loss(torch.nan_to_num(samples), y).sqrt().cpu()
         for k, (image_id, (index, run)) in enumerate(zip(ids, batch)):
@@ -124,4 +182,4 @@ def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel
                 log(f"image {image_id} run {run}: the sampler diverged (NaN/inf) at step {progress.failed_at[k]}")
             if outputs.save_traj:
                 run_dir.write_trajectory(image_id, run, progress.frames[k], video=outputs.save_traj_video)
-            run_dir.write_sample(image_id, run, samples[k], record, save_image=outputs.save_samples)
+            run_dir.write_sample(image_id, run, samples[k], record, save_image=outputs.save_samples, raw=keep_raw)

@@ -6,17 +6,31 @@
             (lower is better). Its VGG16 backbone and the LPIPS layer weights live in the torch hub cache
             (``download.sh lpips`` fetches them); they are read with ``weights_only=True``. When they are
             absent, LPIPS is reported as ``None`` after one notice; nothing is downloaded during a run.
+
+Set metrics, computed once per run directory over all samples against the ground-truth images:
+
+* ``fid``  Fréchet distance ‖μ_x − μ_y‖² + Tr(Σ_x + Σ_y − 2(Σ_x Σ_y)^½) between Gaussians fitted to the
+           2048-d pool features of the FID Inception network (piq's port of the TF-FID network; weights
+           ``pt_inception-2015-12-05-6726825d.pth`` in the torch hub cache, fetched by ``download.sh``),
+           computed by piq.FID; biased upwards on small sets (well under ~1000 images);
+* ``kid``  the unbiased MMD² with the cubic polynomial kernel on the same features (piq.KID).
+
+Without the Inception weights both are ``None`` after one notice.
 """
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
 HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
-METRIC_NAMES = tuple(HIGHER_IS_BETTER)
+#: metrics of a whole set of samples (not per sample)
+SET_METRICS = ("fid", "kid")
+METRIC_NAMES = (*HIGHER_IS_BETTER, *SET_METRICS)
+INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
+FEW_IMAGES = 1000
 
 LPIPS_FILES = {"backbone": "vgg16-397923af.pth", "layers": "lpips_weights.pt"}
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
@@ -54,15 +68,121 @@ def build_lpips() -> torch.nn.Module | None:
     return metric.eval()
 
 
+def inception_weight_path() -> Path:
+    """Where the FID Inception weights are expected (the torch hub cache, honouring TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
+
+
+def fid_inception_network() -> torch.nn.Module:
+    """The TF-FID InceptionV3 architecture (torchvision's, with piq's FID blocks; 1008 classes), no weights."""
+    import torchvision
+    from piq.feature_extractors import fid_inception as fi
+
+    net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
+    blocks = {"Mixed_5b": fi.FIDInceptionA(192, pool_features=32), "Mixed_5c": fi.FIDInceptionA(256, pool_features=64),
+              "Mixed_5d": fi.FIDInceptionA(288, pool_features=64), "Mixed_6b": fi.FIDInceptionC(768, channels_7x7=128),
+              "Mixed_6c": fi.FIDInceptionC(768, channels_7x7=160), "Mixed_6d": fi.FIDInceptionC(768, channels_7x7=160),
+              "Mixed_6e": fi.FIDInceptionC(768, channels_7x7=192), "Mixed_7b": fi.FIDInceptionE1(1280),
+              "Mixed_7c": fi.FIDInceptionE2(2048)}
+    for name, block in blocks.items():
+        setattr(net, name, block)
+    return net
+
+
+def build_inception() -> torch.nn.Module | None:
+    """piq's FID feature extractor (2048-d pool features; inputs in [0, 1], resized to 299) with the TF-FID
+    weights read safely from the torch hub cache, or None with a warning when absent (nothing is downloaded)."""
+    from piq.feature_extractors import fid_inception
+
+    path = inception_weight_path()
+    if not path.is_file():
+        warnings.warn(f"FID Inception weights not found ({path}); fid/kid are reported as null. "
+                      f"Fetch them with `bash download.sh fid`.", stacklevel=2)
+        return None
+    net = fid_inception_network()
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+    class LocalInception(fid_inception.InceptionV3):
+        """piq's extractor around ``net`` (its own constructor would download the weights)."""
+
+        @staticmethod
+        def fid_inception_v3() -> torch.nn.Module:
+            return net
+
+    return LocalInception().eval()
+
+
+@torch.no_grad()
+def set_metrics(names: Sequence[str], samples: Iterable[torch.Tensor], references: Iterable[torch.Tensor],
+                device: torch.device | str = "cpu", extractor: torch.nn.Module | None = None
+                ) -> dict[str, float | None]:
+    """FID / KID of all samples against all references (batches of [-1, 1] images); None without weights.
+
+    FID compares all samples with all references. KID (piq.KID needs equal-sized sets) is the mean over
+    consecutive chunks of the samples, each as large as the reference set: one chunk per run when the
+    samples come run by run in the references' image order; None when the sizes do not divide.
+    Warns when fewer than ~1000 images enter: both are then biased estimates (FID strongly, upwards)."""
+    import piq
+
+    names = [n for n in names if n in SET_METRICS]
+    if not names:
+        return {}
+    extractor = extractor if extractor is not None else build_inception()
+    if extractor is None:
+        return {n: None for n in names}
+    extractor = extractor.to(device).eval()
+
+    def features(batches: Iterable[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([extractor(to_unit(b).to(device))[0].flatten(1).double().cpu() for b in batches])
+
+    x, y = features(samples), features(references)
+    if len(x) < 2 or len(y) < 2:
+        return {n: None for n in names}
+    if min(len(x), len(y)) < FEW_IMAGES:
+        warnings.warn(f"FID/KID from {len(x)} samples and {len(y)} reference images: estimates on fewer than "
+                      f"~{FEW_IMAGES} images are biased; compare only runs of the same size", stacklevel=2)
+    out: dict[str, float | None] = {}
+    if "fid" in names:
+        out["fid"] = float(piq.FID()(x, y))
+    if "kid" in names:
+        if len(x) % len(y):
+            warnings.warn(f"KID needs the samples in whole runs ({len(x)} samples, {len(y)} references); "
+                          f"reported as null", stacklevel=2)
+            out["kid"] = None
+        else:
+            out["kid"] = float(torch.stack([piq.KID()(chunk, y) for chunk in x.split(len(y))]).mean())
+    return out
+
+
+def describe_metrics(names: Sequence[str]) -> dict[str, Any]:
+    """How each metric is computed (recorded with the numbers): implementation and weight files."""
+    known = {
+        "psnr": "piq.psnr, data_range=1 on [0,1] images",
+        "ssim": "piq.ssim, data_range=1, Gaussian window min(11, odd <= size-1)",
+        "lpips": {"implementation": "piq.ContentLoss LPIPS, replace_pooling=True (as the DAPS reference)",
+                  "backbone": f"torchvision vgg16 ({LPIPS_FILES['backbone']})", "layers": LPIPS_FILES["layers"],
+                  "weights_present": all(p.is_file() for p in lpips_weight_paths().values())},
+        "fid": {"implementation": "piq.FID on pool3 features of piq's FID InceptionV3", "weights": INCEPTION_FILE,
+                "weights_present": inception_weight_path().is_file()},
+        "kid": {"implementation": "piq.KID (cubic polynomial kernel) on the FID features", "weights": INCEPTION_FILE,
+                "weights_present": inception_weight_path().is_file()},
+    }
+    return {n: known[n] for n in names}
+
+
 class Metrics:
-    """The metrics named in ``eval_fn_list``, computed per sample: {name: tensor (B,)} (LPIPS may be None)."""
+    """The metrics named in ``eval_fn_list``: per-sample ones (``names``) computed by ``__call__`` as
+    {name: tensor (B,)} (LPIPS may be None), and set metrics (``set_names``: fid, kid) computed once per
+    run directory by :func:`set_metrics`."""
 
     def __init__(self, names: Sequence[str], device: torch.device | str = "cpu") -> None:
-        unknown = [n for n in names if n not in HIGHER_IS_BETTER]
+        unknown = [n for n in names if n not in METRIC_NAMES]
         if unknown:
             raise ValueError(f"eval_fn_list has unknown metrics {unknown}; valid: {', '.join(METRIC_NAMES)}")
         import piq
-        self.names = list(names)
+        self.device = device
+        self.set_names = [n for n in names if n in SET_METRICS]
+        self.names = [n for n in names if n in HIGHER_IS_BETTER]
         self._fns: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None] = {
             "psnr": lambda a, b: piq.psnr(a, b, data_range=1.0, reduction="none"),
             # the Gaussian window shrinks (odd, <= 11) for images smaller than 11 px
@@ -72,6 +192,9 @@ class Metrics:
         if "lpips" in self.names:
             lpips = build_lpips()
             self._fns["lpips"] = None if lpips is None else (lambda a, b, m=lpips.to(device): m(a, b))
+
+    def describe(self) -> dict[str, Any]:
+        return describe_metrics([*self.names, *self.set_names])
 
     @property
     def main(self) -> str:

@@ -113,7 +113,7 @@ def test_identity_autoencoder_writes_the_pixel_run(tmp_path):
     files = {name: sorted(p.relative_to(d.root) for p in d.root.rglob("*") if p.is_file())
              for name, d in dirs.items()}
     # 2 images x (gt, measurement view, raw y) + 4 samples x (png, record, frames) + metrics.json, eval.md, grid
-    assert files["pixel"] == files["latent"] and len(files["pixel"]) == 2 * 3 + 4 * 3 + 3
+    assert files["pixel"] == files["latent"] and len(files["pixel"]) == 2 * 3 + 4 * 3 + 3 + 2 + (2 + 4) + (2 * 3 + 1)
     for relative in files["pixel"]:
         if relative.suffix == ".png":
             assert (dirs["latent"].root / relative).read_bytes() == (dirs["pixel"].root / relative).read_bytes()

@@ -1,0 +1,95 @@
+r"""Posterior uncertainty from n ≥ 2 samples x̂_1..x̂_n of p(x | y) per image.
+
+Per pixel j:  mean  m_j = (1/n) Σ_r x̂_{r,j},   std  s_j = sqrt( Σ_r (x̂_{r,j} − m_j)² / (n − 1) ).
+
+Calibration. If the samples are exact and the posterior is Gaussian, the truth x and the samples are n + 1
+independent draws, so (x_j − m_j) / (s_j √(1 + 1/n)) follows Student's t with n − 1 degrees of freedom:
+
+    P(|x_j − m_j| ≤ k s_j) = P(|T_{n−1}| ≤ k / √(1 + 1/n))      (→ 2Φ(k) − 1 as n → ∞: 68 %, 95 %).
+
+:func:`coverage` measures the left side over the pixels (the fraction of pixels whose error lies within k
+std); :func:`calibrated_coverage` gives the right side, :func:`gaussian_coverage` the n → ∞ limit. Below
+the reference the sampler is over-confident (too little spread), above it under-confident.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from PIL import Image, ImageDraw
+
+#: the multiples of the std at which coverage is reported (the figure uses a finer grid)
+LEVELS = (1.0, 2.0)
+FIGURE_LEVELS = tuple(round(0.1 * i, 1) for i in range(31))
+
+
+def moments(samples: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, unbiased std) over the first axis of (n, ...) samples, n ≥ 2, in float64."""
+    if samples.shape[0] < 2:
+        raise ValueError(f"posterior moments need at least 2 samples per image, got {samples.shape[0]}")
+    samples = samples.double()
+    return samples.mean(0), samples.std(0, unbiased=True)
+
+
+def coverage(truth: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+             levels: Sequence[float] = LEVELS) -> list[float]:
+    """Fraction of entries with |truth − mean| ≤ k·std, for each k in ``levels``."""
+    error = (truth.double() - mean.double()).abs()
+    return [float((error <= k * std.double()).double().mean()) for k in levels]
+
+
+def gaussian_coverage(levels: Sequence[float] = LEVELS) -> list[float]:
+    """2Φ(k) − 1 = erf(k/√2): 0.683 at k = 1, 0.954 at k = 2."""
+    return [math.erf(k / math.sqrt(2)) for k in levels]
+
+
+def calibrated_coverage(runs: int, levels: Sequence[float] = LEVELS) -> list[float]:
+    """P(|T_{n−1}| ≤ k/√(1 + 1/n)): the expected coverage of an exact sampler with ``runs`` = n samples."""
+    from scipy.stats import t
+
+    scale = math.sqrt(1 + 1 / runs)
+    return [float(2 * t.cdf(k / scale, df=runs - 1) - 1) for k in levels]
+
+
+def std_magnitude(std: torch.Tensor) -> torch.Tensor:
+    """(C, H, W) per-channel std -> (H, W) root-mean-square over channels."""
+    return std.double().pow(2).mean(0).sqrt()
+
+
+def heat_map(std: torch.Tensor, vmax: float) -> torch.Tensor:
+    """(C, H, W) std -> (3, H, W) image in [-1, 1]: black (0) → red → yellow → white (≥ ``vmax``)."""
+    v = (std_magnitude(std) / max(vmax, 1e-12)).clamp(0, 1).float()
+    red, green, blue = (3 * v).clamp(0, 1), (3 * v - 1).clamp(0, 1), (3 * v - 2).clamp(0, 1)
+    return torch.stack([red, green, blue]) * 2 - 1
+
+
+def calibration_figure(observed: Sequence[float], runs: int, levels: Sequence[float] = FIGURE_LEVELS,
+                       size: int = 320) -> Image.Image:
+    """Coverage against k: observed (red), exact sampler with n runs (blue), Gaussian limit (grey)."""
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    left, bottom, top, right = 40, size - 30, 20, size - 10
+    k_max = max(levels)
+
+    def point(k: float, p: float) -> tuple[float, float]:
+        return left + (right - left) * k / k_max, bottom - (bottom - top) * p
+
+    draw.rectangle([left, top, right, bottom], outline="black")
+    for k in range(int(k_max) + 1):
+        x, _ = point(k, 0)
+        draw.line([x, bottom, x, bottom + 4], fill="black")
+        draw.text((x - 3, bottom + 6), str(k), fill="black")
+    for p in (0.0, 0.5, 0.68, 0.95):
+        _, y = point(0, p)
+        draw.line([left - 4, y, left, y], fill="black")
+        draw.text((2, y - 6), f"{p:.2f}", fill="black")
+    for values, colour in ((gaussian_coverage(levels), (150, 150, 150)),
+                           (calibrated_coverage(runs, levels), (40, 80, 220)), (list(observed), (220, 30, 30))):
+        draw.line([point(k, p) for k, p in zip(levels, values)], fill=colour, width=2)
+    draw.text((left + 6, top + 4), "fraction of pixels with |x - mean| <= k std", fill="black")
+    draw.text((left + 6, top + 18), "red: observed", fill=(220, 30, 30))
+    draw.text((left + 6, top + 30), f"blue: exact sampler, n={runs}", fill=(40, 80, 220))
+    draw.text((left + 6, top + 42), "grey: Gaussian (n -> inf)", fill=(110, 110, 110))
+    draw.text((right - 10, bottom + 6), "k", fill="black")
+    return image

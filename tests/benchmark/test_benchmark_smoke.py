@@ -1,0 +1,94 @@
+"""``python -m common.benchmark`` runs end to end on tiny CPU models and its counts are right (timings are never
+asserted: they depend on the machine)."""
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from common import benchmark
+from common.benchmark import CASES, FlopCounter, parse_variant, peak_tflops
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "table.csv"
+    rows = benchmark.main(["--quick", "--device", "cpu", "--batch-sizes", "1,2", "--peak-tflops", "1", "--out",
+                           str(out)])
+    return rows, out
+
+
+def test_quick_run_writes_one_row_per_case_and_batch(quick_run):
+    rows, out = quick_run
+    with out.open() as handle:
+        written = list(csv.DictReader(handle))
+    assert [(r["sampler"], r["batch"]) for r in written] == [
+        (CASES[k].sampler, b) for k in ("daps", "latent_daps", "dps") for b in ("1", "2")]
+    for row in written:
+        assert row["status"] == "ok" and row["size"] == "tiny" and row["precision"] == "fp32"
+        assert row["device"].startswith("CPU") and row["torch"] == torch.__version__ and row["git_commit"]
+        for key in ("s_per_image", "s_per_image_min", "s_per_image_max", "nfe_per_s", "gflop_per_image",
+                    "peak_mem_gb"):
+            assert math.isfinite(float(row[key])) and float(row[key]) > 0, key
+        assert float(row["s_per_image_min"]) <= float(row["s_per_image"]) <= float(row["s_per_image_max"])
+        # bound = FLOP / peak (1 TFLOP/s given), fraction = bound / measured
+        bound = float(row["gflop_per_image"]) / 1e3
+        assert float(row["bound_s_per_image"]) == pytest.approx(bound)
+        assert float(row["fraction_of_bound"]) == pytest.approx(bound / float(row["s_per_image"]))
+    markdown = out.with_suffix(".md").read_text()
+    assert "| case |" in markdown and "DPS-1000" in markdown and written[0]["device"] in markdown
+
+
+def test_counts_follow_the_full_schedules(quick_run):
+    """DAPS-1K: 200 × 5 denoiser calls; LatentDAPS-100: 50 × 2, plus one decoder pass per HMC step (24);
+    DPS-1000: one network call per step."""
+    rows, _ = quick_run
+    by_case = {r["sampler"]: r for r in rows}
+    assert by_case["edm_daps"]["nfe_per_image"] == 1000 and by_case["edm_daps"]["decoder_evals_per_image"] == 0
+    assert by_case["latent_edm_daps"]["nfe_per_image"] == 100
+    assert by_case["latent_edm_daps"]["decoder_evals_per_image"] == 50 * 24
+    assert by_case["dps"]["nfe_per_image"] == 1000
+
+
+def test_dps_step_costs_about_two_forward_passes():
+    """The backward pass to the input of a frozen network costs one more forward (no weight gradients)."""
+    case = CASES["dps"]
+    model = benchmark.build_model(**benchmark.model_config(case, "tiny", "fp32"))
+    x = torch.zeros(1, *model.sample_shape)
+    with FlopCounter() as counter:
+        model.ddpm_output(x, torch.tensor([500]))
+    forward = counter.flops
+    prof = benchmark.profile(case, model, torch.device("cpu"))
+    assert 1.9 < prof.flops_step / forward < 2.1
+
+
+def test_flop_counter_matches_closed_forms():
+    x = torch.randn(2, 8, 16, 16, requires_grad=True)
+    w = torch.randn(4, 8, 3, 3)
+    with FlopCounter() as counter:
+        out = F.conv2d(x, w, padding=1)
+    conv = 2 * 2 * 4 * 16 * 16 * 8 * 3 * 3  # 2 · B · C_out · H · W · C_in · k²
+    assert counter.flops == conv
+    with FlopCounter() as counter:
+        torch.autograd.grad(out.sum(), x)  # input gradient only: a transposed convolution of the same size
+    assert counter.flops == conv
+    a, b = torch.randn(5, 7), torch.randn(7, 3)
+    with FlopCounter() as counter:
+        a @ b
+    assert counter.flops == 2 * 5 * 7 * 3
+
+
+def test_peaks_and_variants():
+    assert peak_tflops("NVIDIA H100 80GB HBM3", "bf16") == 989.0
+    assert peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert peak_tflops("NVIDIA H200", "fp32") == 494.0
+    assert peak_tflops("CPU Intel(R) Xeon(R)", "fp32") is None
+    assert parse_variant("bf16+channels_last+compile") == {"precision": "bf16", "channels_last": True,
+                                                           "compile": True}
+    with pytest.raises(ValueError, match=r"variant 'bf16\+cudagraphs'"):
+        parse_variant("bf16+cudagraphs")
+    with pytest.raises(ValueError, match="unknown cases"):
+        benchmark.main(["--cases", "ddim", "--device", "cpu"])
