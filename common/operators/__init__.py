@@ -20,8 +20,13 @@ def build_noise(noise: str = "gaussian", **params: Any) -> NoiseModel:
 
 
 def build_operator(name: str, sigma: float = 0.05, noise: str = "gaussian", rate: float | None = None,
-                   **params: Any) -> Operator:
-    """Operator ``name`` with its noise model: Gaussian with std ``sigma`` or Poisson with ``rate``."""
+                   state: Any = None, shared_state: bool = False, **params: Any) -> Operator:
+    """Operator ``name`` with its noise model: Gaussian with std ``sigma`` or Poisson with ``rate``.
+
+    ``state`` and ``shared_state`` say where the per-image masks/kernels come from; they belong to the
+    experiment (:func:`common.protocol.split_operator_config`), not to the operator, and are ignored here so
+    that a task config's operator block builds as it stands.
+    """
     factory = OPERATORS.get(name)
     noise_params = {"sigma": sigma} if noise == "gaussian" else {"rate": rate}
     return factory(noise=build_noise(noise, **noise_params), **params)

@@ -52,7 +52,8 @@ def test_pixel_group_matches_reference(task):
     reference = load_fixture("schedules.json")["pixel_task_configs"][task]
     ours = compose(task)["pixel"]
     assert ours["mcmc_sampler_config"] == reference["mcmc_sampler_config"]
-    expected = {**reference["operator"], "resolution": 256}
+    # plus our two keys for where the masks/kernels come from (drawn per image unless set)
+    expected = {**reference["operator"], "resolution": 256, "state": None, "shared_state": False}
     if task == "nonlinear_blur":   # the reference names a bkse options yml; we name the checkpoint it points to
         del expected["opt_yml_path"]
         expected["checkpoint"] = "checkpoints/GOPRO_wVAE.pth"
