@@ -121,3 +121,15 @@ multirun() {
         CUDA_VISIBLE_DEVICES="$GPUS" "${cmd[@]}"
     fi
 }
+
+# daps_table DATASET SAVE_DIR OVERRIDES...: the DAPS paper's table for one data set, as two multiruns: the
+# seven one-sample tasks, then phase retrieval scored as the best of 4 runs (Hydra cannot give one task of
+# a sweep its own num_runs).
+daps_table() {
+    local dataset="$1" save_dir="$2"
+    shift 2
+    local common=(data="test-$dataset" "$@" save_dir="$save_dir")
+    multirun "${common[@]}" name="$dataset" num_runs=1 \
+        task=down_sampling,inpainting,inpainting_rand,gaussian_blur,motion_blur,nonlinear_blur,hdr
+    multirun "${common[@]}" name="$dataset-4runs" num_runs=4 task=phase_retrieval
+}

@@ -17,9 +17,5 @@ done
 check_needs
 
 for dataset in ffhq imagenet; do
-    common=(data="test-$dataset" model="${dataset}256ldm" sampler=latent_edm_daps task_group=ldm batch_size=10
-            save_dir="$OUT_ROOT/ldm")
-    multirun "${common[@]}" name="$dataset" num_runs=1 \
-        task=down_sampling,inpainting,inpainting_rand,gaussian_blur,motion_blur,nonlinear_blur,hdr
-    multirun "${common[@]}" name="$dataset-4runs" num_runs=4 task=phase_retrieval
+    daps_table "$dataset" "$OUT_ROOT/ldm" model="${dataset}256ldm" sampler=latent_edm_daps task_group=ldm batch_size=10
 done

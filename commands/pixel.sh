@@ -16,9 +16,5 @@ done
 check_needs
 
 for dataset in ffhq imagenet; do
-    common=(data="test-$dataset" model="${dataset}256ddpm" sampler=edm_daps task_group=pixel batch_size=100
-            save_dir="$OUT_ROOT/pixel")
-    multirun "${common[@]}" name="$dataset" num_runs=1 \
-        task=down_sampling,inpainting,inpainting_rand,gaussian_blur,motion_blur,nonlinear_blur,hdr
-    multirun "${common[@]}" name="$dataset-4runs" num_runs=4 task=phase_retrieval
+    daps_table "$dataset" "$OUT_ROOT/pixel" model="${dataset}256ddpm" sampler=edm_daps task_group=pixel batch_size=100
 done
