@@ -86,8 +86,10 @@ class DDPMSchedule:
         self.sqrt_recipm1_alphas_cumprod = (1 / abar - 1).sqrt()
         self.posterior_variance = self.betas * (1 - prev) / (1 - abar)
         self.posterior_log_variance = self.posterior_variance.log()
-        self.posterior_log_variance_clipped = torch.cat([self.posterior_variance[1:2],
-                                                         self.posterior_variance[1:]]).log()
+        # the t = 0 entry (variance 0) is replaced by the t = 1 one; with a single step there is no t = 1
+        # and no noise at t = 0 either, so β_0 stands in (never used)
+        first = self.posterior_variance[1:2] if len(kept) > 1 else self.betas[:1]
+        self.posterior_log_variance_clipped = torch.cat([first, self.posterior_variance[1:]]).log()
         self.posterior_mean_coef1 = self.betas * prev.sqrt() / (1 - abar)
         self.posterior_mean_coef2 = (1 - prev) * (1 - self.betas).sqrt() / (1 - abar)
         self.log_betas = self.betas.log()

@@ -129,3 +129,10 @@ def test_method_names_and_requirements():
         with pytest.raises(ValueError, match="pseudo-inverse.*Operators with pinv: .*inpainting"):
             ConditioningMethod(name, 1.0).check(prior, Blur(GaussianNoise(0.05)), y)
     ConditioningMethod("mcg", 1.0).check(prior, Mask(torch.ones(1, 1, 4, 4)), y)
+
+
+def test_single_step_schedule_has_a_log_variance_table():
+    from common.schedules import ddpm_betas
+    from dps.ddpm import DDPMSchedule
+    schedule = DDPMSchedule.respaced(ddpm_betas(), 1)
+    assert len(schedule) == 1 and torch.isfinite(schedule.posterior_log_variance_clipped).all()
