@@ -172,14 +172,15 @@ def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel
         values = metrics(samples, gt) if gt is not None else {}
         with torch.no_grad():
             residual = operator.loss(torch.nan_to_num(samples), y).sqrt().cpu()
+        failed_at = progress.failed_at  # read from the device once per batch
         for k, (image_id, (index, run)) in enumerate(zip(ids, batch)):
             record = {"name": names[index], "residual": float(residual[k]),
-                      "failed_at_step": progress.failed_at[k],
+                      "failed_at_step": failed_at[k],
                       **{m: (None if v is None or not torch.isfinite(v[k]) else float(v[k]))
                          for m, v in values.items()}}
-            if progress.failed_at[k] is not None:
+            if failed_at[k] is not None:
                 record["residual"] = None
-                log(f"image {image_id} run {run}: the sampler diverged (NaN/inf) at step {progress.failed_at[k]}")
+                log(f"image {image_id} run {run}: the sampler diverged (NaN/inf) at step {failed_at[k]}")
             if outputs.save_traj:
                 run_dir.write_trajectory(image_id, run, progress.frames[k], video=outputs.save_traj_video)
             run_dir.write_sample(image_id, run, samples[k], record, save_image=outputs.save_samples, raw=keep_raw)
