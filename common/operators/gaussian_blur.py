@@ -15,9 +15,7 @@ import math
 
 import torch
 
-from common.operators._checks import odd_kernel_fits, positive_int
-from common.operators.base import LinearOperator
-from common.operators.convolution import reflect_correlate
+from common.operators.convolution import ReflectBlur
 from common.operators.noise import NoiseModel
 from common.registry import OPERATORS
 
@@ -37,20 +35,15 @@ def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
 
 
 @OPERATORS.register("gaussian_blur")
-class GaussianBlur(LinearOperator):
+class GaussianBlur(ReflectBlur):
     """y = k ⋆ x + n, k the Gaussian kernel of std ``intensity`` in a ``kernel_size`` window."""
 
     def __init__(self, noise: NoiseModel, resolution: int, kernel_size: int = 61, intensity: float = 3.0) -> None:
-        super().__init__(noise)
-        self.resolution = positive_int("resolution", resolution)
-        self.kernel_size = odd_kernel_fits(kernel_size, self.resolution)
+        super().__init__(noise, resolution, kernel_size)
         if not (isinstance(intensity, (int, float)) and math.isfinite(intensity) and intensity > 0):
             raise ValueError(f"intensity (the Gaussian std in pixels) must be > 0, got {intensity!r}")
         self.intensity = float(intensity)
         self.register_buffer("kernel", gaussian_kernel(self.kernel_size, self.intensity).float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reflect_correlate(x, self.kernel)
-
-    def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
-        return tuple(y.shape)
+    def blur_kernel(self) -> torch.Tensor:
+        return self.kernel

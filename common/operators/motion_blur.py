@@ -10,22 +10,19 @@ from __future__ import annotations
 
 import torch
 
-from common.operators._checks import odd_kernel_fits, positive_int, require_state
-from common.operators.base import LinearOperator
-from common.operators.convolution import reflect_correlate
+from common.operators._checks import require_state
+from common.operators.convolution import ReflectBlur
 from common.operators.motion_kernel import TorchRandomSource, motion_kernel
 from common.operators.noise import NoiseModel
 from common.registry import OPERATORS
 
 
 @OPERATORS.register("motion_blur")
-class MotionBlur(LinearOperator):
+class MotionBlur(ReflectBlur):
     """y = k_b ⋆ x_b + n with a per-image random motion kernel k_b."""
 
     def __init__(self, noise: NoiseModel, resolution: int, kernel_size: int = 61, intensity: float = 0.5) -> None:
-        super().__init__(noise)
-        self.resolution = positive_int("resolution", resolution)
-        self.kernel_size = odd_kernel_fits(kernel_size, self.resolution)
+        super().__init__(noise, resolution, kernel_size)
         if not 0.0 <= intensity <= 1.0:
             raise ValueError(f"intensity (shake strength) must lie in [0, 1], got {intensity!r}")
         self.intensity = float(intensity)
@@ -34,8 +31,5 @@ class MotionBlur(LinearOperator):
         """{"kernel": float32 (k, k), non-negative, sums to 1} for one image."""
         return {"kernel": motion_kernel(self.kernel_size, self.intensity, TorchRandomSource(generator))}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reflect_correlate(x, require_state(self, "kernel"))
-
-    def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
-        return tuple(y.shape)
+    def blur_kernel(self) -> torch.Tensor:
+        return require_state(self, "kernel")
