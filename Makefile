@@ -11,7 +11,7 @@ test: install
 	$(PYTHON) -m pytest -q
 
 bench: install
-	$(PYTHON) -m common.benchmark
+	$(PYTHON) -m commands.benchmark
 
 accuracy: install
-	$(PYTHON) -m common.accuracy
+	$(PYTHON) -m commands.accuracy

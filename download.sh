@@ -11,6 +11,7 @@
 #   data    dataset/demo-ffhq, dataset/demo-imagenet   the 10+10 demo images of the DAPS repository
 #           dataset/test-ffhq, dataset/test-imagenet   the DAPS 100-image test sets (Google Drive folder, gdown)
 #   lpips   vgg16-397923af.pth, lpips_weights.pt       into $TORCH_HOME/hub/checkpoints (common/metrics.py)
+#           alexnet-owt-7be5be79.pth                   same folder: lpips_alex (lpips_vgg uses the vgg16 file)
 #   fid     pt_inception-2015-12-05-6726825d.pth       TF-FID Inception weights (pytorch-fid), same folder
 #   sd      Stable Diffusion v1.5 and v2.1 (the files diffusers loads) into the Hugging Face cache (`hf download`)
 #
@@ -51,6 +52,8 @@ FILES=(
     "models|gdrive|checkpoints/GOPRO_wVAE.pth|unknown|1vRoDpIsrTRYZKsOMPNbPcMtFDpCT6Foy"
     # torchvision names the file by the first 8 hex digits of its SHA-256
     "lpips|url|$TORCH_CHECKPOINTS/vgg16-397923af.pth|397923af|https://download.pytorch.org/models/vgg16-397923af.pth"
+    # the lpips package's AlexNet backbone (lpips_alex; its VGG16 is the file above); torchvision's hash prefix
+    "lpips|url|$TORCH_CHECKPOINTS/alexnet-owt-7be5be79.pth|7be5be79|https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
     # piq's LPIPS layer weights; no checksum published
     "lpips|url|$TORCH_CHECKPOINTS/lpips_weights.pt|unknown|https://github.com/photosynthesis-team/photosynthesis.metrics/releases/download/v0.4.0/lpips_weights.pt"
     # pytorch-fid's port of the TF-FID Inception weights; no checksum published
@@ -119,14 +122,27 @@ http_get() {  # URL OUT
     fi
 }
 
+# Google Drive files need gdown (in requirements.txt): the command, or the module of the python on PATH
+GDOWN=(gdown)
+command -v gdown >/dev/null || GDOWN=(python -m gdown)
+GDOWN_NOTED=0
+
+have_gdown() { "${GDOWN[@]}" --version >/dev/null 2>&1; }
+
+# gdown_note PART: once per run, where a Google Drive step is pending and gdown is missing, say how to get it
+gdown_note() {
+    have_gdown || [ "$GDOWN_NOTED" = 1 ] || {
+        GDOWN_NOTED=1
+        say "[$1] note: Google Drive files need gdown, which is not installed: pip install gdown (or pip install -r requirements.txt)"
+    }
+}
+
 gdrive_get() {  # FILE_ID OUT
-    local gdown=(gdown)
-    command -v gdown >/dev/null || gdown=(python -m gdown)
-    if ! "${gdown[@]}" --version >/dev/null 2>&1; then
-        printf 'error: gdown is needed for Google Drive files: pip install gdown\n' >&2
+    if ! have_gdown; then
+        printf 'error: gdown is needed for Google Drive files: pip install gdown (or pip install -r requirements.txt)\n' >&2
         return 1
     fi
-    "${gdown[@]}" --fuzzy "https://drive.google.com/uc?id=$1" -O "$2"
+    "${GDOWN[@]}" --fuzzy "https://drive.google.com/uc?id=$1" -O "$2"
 }
 
 zip_get() {  # URL MEMBER OUT: one member of a zip archive
@@ -148,6 +164,7 @@ fetch_file() {
     local shown="$source"
     [ "$kind" = gdrive ] && shown="https://drive.google.com/uc?id=$source (gdown)"
     say "[$part] fetch $dest <- $shown${member:+ ($member)}"
+    [ "$kind" = gdrive ] && gdown_note "$part"
     [ "$DRY_RUN" = 1 ] && return 0
     mkdir -p "$(dirname "$dest")"
     local tmp="$dest.part"
@@ -177,7 +194,8 @@ fetch_test_sets() {
             say "[data] present dataset/$name"
         else
             missing+=("$name")
-            say "[data] fetch dataset/$name <- Google Drive folder $TEST_SETS_FOLDER"
+            say "[data] fetch dataset/$name <- Google Drive folder $TEST_SETS_FOLDER (gdown)"
+            gdown_note data
         fi
     done
     if [ "$DRY_RUN" = 1 ] || [ "${#missing[@]}" -eq 0 ]; then
@@ -185,9 +203,7 @@ fetch_test_sets() {
     fi
     local tmp="dataset/.download-test-sets"
     mkdir -p "$tmp"
-    local gdown=(gdown)
-    command -v gdown >/dev/null || gdown=(python -m gdown)
-    if ! "${gdown[@]}" --folder "https://drive.google.com/drive/folders/$TEST_SETS_FOLDER" -O "$tmp"; then
+    if ! "${GDOWN[@]}" --folder "https://drive.google.com/drive/folders/$TEST_SETS_FOLDER" -O "$tmp"; then
         rmdir "$tmp" 2>/dev/null || true
         fail "dataset/test-*: the Google Drive folder $TEST_SETS_FOLDER could not be fetched (pip install gdown; or download it by hand, unzip into dataset/)"
         return 0

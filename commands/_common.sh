@@ -5,7 +5,7 @@
 #
 # GPUS      comma-separated GPU ids (e.g. 0,1,2,3); exported as CUDA_VISIBLE_DEVICES, every job uses gpu=0
 #           of what it sees. Ignored by the SLURM launchers (SLURM assigns GPUs).
-# OUT_ROOT  results go to OUT_ROOT/<table>/<dataset>/<job overrides>/ (python -m common.report OUT_ROOT)
+# OUT_ROOT  results go to OUT_ROOT/<table>/<dataset>/<job overrides>/ (python -m commands.report OUT_ROOT)
 # LAUNCHER  environment variable, the Hydra launcher (configs/hydra/launcher/):
 #           basic (default: the jobs one after another on the first GPU of GPUS),
 #           local_gpus (Ray: one job per GPU, queued over GPUS), slurm, slurm_dp (SLURM job arrays).

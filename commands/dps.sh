@@ -6,7 +6,7 @@
 # validation images), and random inpainting removes 70% of the pixels as in DAPS (the DPS paper: 92%;
 # pass task.pixel.operator.mask_prob_range=[0.92,0.93] for that setting). HDR is not a DPS task.
 #   commands/dps.sh GPUS OUT_ROOT [--dry-run] [hydra overrides]     (see commands/_common.sh)
-# Results: OUT_ROOT/dps/ffhq[-4runs]/<overrides>/; table: python -m common.report OUT_ROOT/dps --papers
+# Results: OUT_ROOT/dps/ffhq[-4runs]/<overrides>/; table: python -m commands.report OUT_ROOT/dps --papers
 source "$(dirname "$0")/_common.sh"
 parse_args "$@"
 

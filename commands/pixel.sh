@@ -3,7 +3,7 @@
 # test-ffhq and test-imagenet sets, all eight tasks (the DAPS repository's commands/pixel_*.sh).
 #   commands/pixel.sh GPUS OUT_ROOT [--dry-run] [hydra overrides]     (see commands/_common.sh)
 # Per dataset: one multirun over the seven one-sample tasks, one for phase retrieval (best of 4 runs).
-# Results: OUT_ROOT/pixel/<dataset>[-4runs]/<overrides>/; table: python -m common.report OUT_ROOT/pixel --papers
+# Results: OUT_ROOT/pixel/<dataset>[-4runs]/<overrides>/; table: python -m commands.report OUT_ROOT/pixel --papers
 source "$(dirname "$0")/_common.sh"
 parse_args "$@"
 

@@ -4,7 +4,7 @@
 # commands/sd_*.sh). The papers publish no SD numbers; the report shows ours only.
 #   commands/sd.sh GPUS OUT_ROOT [--dry-run] [hydra overrides]     (see commands/_common.sh)
 # Per dataset: one multirun over the seven one-sample tasks, one for phase retrieval (best of 4 runs).
-# Results: OUT_ROOT/sd/<dataset>[-4runs]/<overrides>/; table: python -m common.report OUT_ROOT/sd
+# Results: OUT_ROOT/sd/<dataset>[-4runs]/<overrides>/; table: python -m commands.report OUT_ROOT/sd
 source "$(dirname "$0")/_common.sh"
 parse_args "$@"
 

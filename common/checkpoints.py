@@ -45,16 +45,18 @@ LIGHTNING_SAFE_GLOBALS: list[tuple[Callable, str]] = [
 ]
 
 
-def missing_checkpoint_message(path: str | Path, what: str, download: str) -> str:
-    return (f"checkpoint for {what} not found at '{path}'. Fetch it with `{download}` "
-            f"(or point the config at an existing file).")
+def missing_checkpoint_message(path: str | Path, what: str, download: str, key: str = "model.checkpoint") -> str:
+    """What is missing, the line that fetches it, and the override ``key=PATH`` that points at a copy elsewhere."""
+    return (f"checkpoint for {what} not found at '{path}'. Fetch it with `{download}`, or pass {key}=PATH "
+            f"for a copy elsewhere.")
 
 
-def require_file(path: str | Path, what: str, download: str) -> Path:
-    """The path if it exists, else a :class:`CheckpointError` saying how to get it."""
+def require_file(path: str | Path, what: str, download: str, key: str = "model.checkpoint") -> Path:
+    """The path if it exists, else a :class:`CheckpointError` saying how to get it (``key``: the config key of
+    the path, named in the message as an override)."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise CheckpointError(missing_checkpoint_message(path, what, download))
+        raise CheckpointError(missing_checkpoint_message(path, what, download, key))
     return path
 
 

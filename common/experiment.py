@@ -1,7 +1,7 @@
 """The experiment loop: measure each image once, sample every (image, run) in batches, write as we go.
 
     y_i     = A(x_i) + n,  noise and operator state (mask, kernel) drawn from (seed, image id)
-    x̂_{i,r} = sampler.sample(model, A, y_i, generator(seed, image id, run))
+    x̂_{i,r} = sampler.sample(model, A, y_i, generator(seed, image id, run)).samples
 
 Work items (image, run) are batched together (``batch_size`` items per sampler call, runs and images
 mixed), each with its own generator, so results do not depend on the batch size. Every finished batch is
@@ -15,19 +15,25 @@ kept for the posterior mean/std maps (:mod:`common.uncertainty`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from common.counting import count_calls
 from common.data import ImageDataset
 from common.distributed import Ranks, barrier
+from common.figures import trajectory_files
+from common.fingerprint import SampleKeys
+from common.measurement import draw_states, simulate
 from common.metrics import Metrics
 from common.models.base import DiffusionModel
 from common.operators.base import Operator, stack_states
-from common.progress import Progress
-from common.protocol import InputError, StatePlan, environment, state_source
+from common.progress import Progress, RunBar
+from common.protocol import InputError, StatePlan, check_state, state_source
+from common.provenance import environment
 from common.random import make_generator
 from common.run_dir import RunDirectory
+from common.sampling import Sampler
 
 
 @dataclass
@@ -39,7 +45,9 @@ class Outputs:
     save_traj_video: bool = False
     trajectory_points: int = 10
     show_progress: bool = True
+    progress_label: str = "sampling"  # the run's progress bar (torchrun: names the rank)
     on_step: Callable[[dict[str, float]], None] | None = None  # per-step scalars (residual, sigma), e.g. W&B
+    on_batch: Callable[[list[dict[str, Any]]], None] | None = None  # a batch's records once on disk, e.g. W&B
 
 
 @dataclass
@@ -52,20 +60,23 @@ class Measurement:
 def measure(operator: Operator, image: torch.Tensor, image_id: int, seed: int,
             state: dict[str, torch.Tensor] | None = None) -> Measurement:
     """y = A(x) + n for one image, the noise drawn from (seed, image id), the operator state given or drawn
-    from (seed, image id)."""
-    state = operator.draw_state(make_generator(seed, image_id, "operator")) if state is None else state
-    operator.set_state(stack_states([state]))
-    y = operator.measure(image[None], [make_generator(seed, image_id, "measurement")])[0]
+    from (seed, image id) (:mod:`common.measurement`)."""
+    if state is None:
+        state = draw_states(operator, [make_generator(seed, image_id, "operator")])[0]
+    y = simulate(operator, image[None], [state], [make_generator(seed, image_id, "measurement")])[0]
     return Measurement(image, y, state)
 
 
 def _check_measurements(dataset: ImageDataset, operator: Operator, states: Callable[[int], Any],
                         device: torch.device, log: Callable[[str], None]) -> None:
-    """Before sampling: every y must have the shape A gives a (3, R, R) image under its state."""
+    """Before sampling: a state stored with a measurement must fit the operator (keys, shapes, values), and every y
+    must have the shape A gives a (3, R, R) image under its state."""
     drawn = 0
     for index, image_id in enumerate(dataset.ids()):
         _, y = dataset[index]
-        state = states(image_id) or dataset.state(index)
+        state = states(image_id)
+        if state is None and (state := dataset.state(index)) is not None:
+            check_state(operator, state, f"measurement {dataset.names()[index]}")
         if state is None:
             state, drawn = operator.draw_state(make_generator(0, "probe")), drawn + 1
         operator.set_state(stack_states([state]))
@@ -96,13 +107,19 @@ class OutOfMemory(RuntimeError):
     """The device ran out of memory at a batch size (results of earlier batches are on disk)."""
 
 
-def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Any,
+def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Sampler,
                    run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
                    device: torch.device, outputs: Outputs = Outputs(), auto_batch: bool = False,
                    ranks: Ranks = Ranks(), log: Callable[[str], None] = print,
-                   state_plan: StatePlan = StatePlan()) -> dict[str, Any] | None:
+                   state_plan: StatePlan = StatePlan(), fingerprint: Mapping[str, Any] | None = None
+                   ) -> dict[str, Any] | None:
     """Sample every (image, run) not yet on disk; returns the summary written to ``metrics.json``
     (on rank 0; other ranks return None after the barrier).
+
+    A sample on disk counts only when its fingerprint (``fingerprint``: the run-wide part from
+    :func:`common.fingerprint.config_parts`, plus the seed, the image content, the operator state and the run)
+    is the one expected; one of this experiment's samples made differently stops the run before anything is
+    written (:class:`~common.run_dir.RunDirectoryError`).
 
     ``state_plan`` says where the operator state comes from (drawn per image by default). Loaded states and
     measurement shapes are checked first (:class:`~common.protocol.InputError`, before any sampling). A CUDA
@@ -112,6 +129,10 @@ def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionMo
     states = state_source(state_plan, operator, seed, dataset.ids())
     if not dataset.ground_truth:
         _check_measurements(dataset, operator, states, device, log)
+    ids = dataset.ids()
+    keys = SampleKeys.build({"seed": seed, **(fingerprint or {})}, ids, lambda index: dataset[index][1],
+                            lambda index: states(ids[index]) or dataset.state(index), num_runs)
+    run_dir.expect(keys, image=outputs.save_samples, raw=num_runs >= 2, log=log)
     if ranks.is_main:
         run_dir.write_json("protocol.json", {
             "data": dataset.protocol(), "operator_state": state_plan.describe(), "seed": seed, "num_runs": num_runs,
@@ -138,7 +159,7 @@ def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionMo
                           set_metric_names=metrics.set_names if dataset.ground_truth else (), device=device)
 
 
-def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Any,
+def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Sampler,
                 run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
                 device: torch.device, outputs: Outputs, indices: Sequence[int], log: Callable[[str], None],
                 states: Callable[[int], dict[str, torch.Tensor] | None]) -> None:
@@ -152,6 +173,7 @@ def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel
     names = dataset.names()
     keep_raw = num_runs >= 2  # float samples for the posterior mean/std maps
     size = (dataset.resolution, dataset.resolution)
+    bar = RunBar(-(-len(todo) // batch_size), outputs.progress_label) if outputs.show_progress and todo else None
     for first in range(0, len(todo), batch_size):
         batch = todo[first:first + batch_size]
         for index, _ in batch:
@@ -166,21 +188,29 @@ def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel
         operator.set_state(stack_states([cache[index].state for index, _ in batch]))
         generators = [make_generator(seed, image_id, run, device=device) for image_id, (_, run) in zip(ids, batch)]
         progress = Progress(len(batch), gt, record_frames=outputs.save_traj, points=outputs.trajectory_points,
-                            show_bar=outputs.show_progress, latent=model.latent, on_step=outputs.on_step,
-                            description=f"batch {first // batch_size + 1}/{-(-len(todo) // batch_size)}")
-        samples = sampler.sample(model, operator, y, generators=generators, callback=progress)
+                            bar=bar, latent=model.latent, on_step=outputs.on_step)
+        with count_calls(model) as calls:
+            result = sampler.sample(model, operator, y, generators=generators, callback=progress)
+        samples, failed_at = result.samples, result.failed_at
         values = metrics(samples, gt) if gt is not None else {}
         with torch.no_grad():
             residual = operator.loss(torch.nan_to_num(samples), y).sqrt().cpu()
-        failed_at = progress.failed_at  # read from the device once per batch
+        finished: list[dict[str, Any]] = []
         for k, (image_id, (index, run)) in enumerate(zip(ids, batch)):
             record = {"name": names[index], "residual": float(residual[k]),
-                      "failed_at_step": failed_at[k],
+                      "failed_at_step": failed_at[k], "model_calls": calls["nfe"] / len(batch),
+                      "model_backward": calls["vjp"] / len(batch),
                       **{m: (None if v is None or not torch.isfinite(v[k]) else float(v[k]))
                          for m, v in values.items()}}
             if failed_at[k] is not None:
                 record["residual"] = None
                 log(f"image {image_id} run {run}: the sampler diverged (NaN/inf) at step {failed_at[k]}")
-            if outputs.save_traj:
-                run_dir.write_trajectory(image_id, run, progress.frames[k], video=outputs.save_traj_video)
+            trajectory = (trajectory_files(progress.frames[k], progress.frame_steps, progress.frame_times,
+                                           progress.num_steps, video=outputs.save_traj_video)
+                          if outputs.save_traj else None)
+            if trajectory is not None:
+                run_dir.write_trajectory(image_id, run, *trajectory)
             run_dir.write_sample(image_id, run, samples[k], record, save_image=outputs.save_samples, raw=keep_raw)
+            finished.append({"image_id": image_id, "run": run, **record})
+        if outputs.on_batch is not None:
+            outputs.on_batch(finished)

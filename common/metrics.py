@@ -6,6 +6,10 @@
             (lower is better). Its VGG16 backbone and the LPIPS layer weights live in the torch hub cache
             (``download.sh lpips`` fetches them); they are read with ``weights_only=True``. When they are
             absent, LPIPS is reported as ``None`` after one notice; nothing is downloaded during a run.
+* ``lpips_alex``, ``lpips_vgg``  the original ``lpips`` package's LPIPS v0.1 (AlexNet / VGG16 backbone; what
+            most other papers report; lower is better): linear layers shipped with the package, torchvision
+            backbone from the torch hub cache (``download.sh lpips``), both read with ``weights_only=True``;
+            ``None`` after one notice when the backbone is absent.
 
 Set metrics, computed once per run directory over all samples against the ground-truth images:
 
@@ -25,7 +29,17 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False}
+from common.errors import ConfigError
+
+HIGHER_IS_BETTER = {"psnr": True, "ssim": True, "lpips": False, "lpips_alex": False, "lpips_vgg": False}
+#: what each per-sample metric is (named under every table of them)
+METRIC_DESCRIPTIONS = {
+    "psnr": "PSNR in dB on [0, 1] images (higher is better)",
+    "ssim": "SSIM (higher is better)",
+    "lpips": "LPIPS-VGG as the DAPS reference computes it: piq, replace_pooling=True (lower is better)",
+    "lpips_alex": "LPIPS-Alex of the lpips package, v0.1, what most papers report (lower is better)",
+    "lpips_vgg": "LPIPS-VGG of the lpips package, v0.1 (lower is better)",
+}
 #: metrics of a whole set of samples (not per sample)
 SET_METRICS = ("fid", "kid")
 METRIC_NAMES = (*HIGHER_IS_BETTER, *SET_METRICS)
@@ -34,6 +48,8 @@ FEW_IMAGES = 1000
 
 LPIPS_FILES = {"backbone": "vgg16-397923af.pth", "layers": "lpips_weights.pt"}
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
+#: the lpips package's variants: metric name -> (its ``net``, the torchvision backbone file it needs)
+ORIGINAL_LPIPS = {"lpips_alex": ("alex", "alexnet-owt-7be5be79.pth"), "lpips_vgg": ("vgg", "vgg16-397923af.pth")}
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -65,6 +81,46 @@ def build_lpips() -> torch.nn.Module | None:
     metric = piq.ContentLoss(feature_extractor=vgg.features, layers=[VGG16_LAYERS[n] for n in LPIPS_LAYERS],
                              weights=list(layer_weights), replace_pooling=True, distance="mse", reduction="none",
                              normalize_features=True)
+    return metric.eval()
+
+
+def original_lpips_paths(name: str) -> dict[str, Path]:
+    """The backbone (torch hub cache, honouring TORCH_HOME) and the linear layers (v0.1, shipped inside the
+    lpips package) of the lpips package's variant ``name`` (lpips_alex, lpips_vgg)."""
+    import lpips
+
+    net, backbone = ORIGINAL_LPIPS[name]
+    return {"backbone": Path(torch.hub.get_dir()) / "checkpoints" / backbone,
+            "layers": Path(lpips.__file__).parent / "weights" / "v0.1" / f"{net}.pth"}
+
+
+def build_original_lpips(name: str) -> torch.nn.Module | None:
+    r"""The lpips package's LPIPS (Zhang et al. 2018, v0.1) with the AlexNet or VGG16 backbone (``name``:
+    lpips_alex, lpips_vgg), or None with a warning when the backbone weights are absent (nothing is downloaded):
+
+        d(x, x') = Σ_l (1 / H_l W_l) Σ_{h,w} ‖ w_l ⊙ (ŷ_l(x) − ŷ_l(x'))_{hw} ‖²,
+
+    ŷ_l the channel-normalised activations of layer l (inputs scaled to [−1, 1], then the package's fixed shift
+    and scale), w_l the learned linear weights. Backbone and linear weights are read with ``weights_only=True``."""
+    import lpips
+
+    paths = original_lpips_paths(name)
+    if not paths["backbone"].is_file():
+        warnings.warn(f"LPIPS weights not found ({paths['backbone']}); {name} is reported as null. "
+                      f"Fetch them with `bash download.sh lpips`.", stacklevel=2)
+        return None
+    with warnings.catch_warnings():  # the package builds its backbone with torchvision's deprecated `pretrained`
+        warnings.simplefilter("ignore")
+        metric = lpips.LPIPS(net=ORIGINAL_LPIPS[name][0], pretrained=False, pnet_rand=True, verbose=False)
+    features = {k.split(".", 1)[1]: v for k, v in
+                torch.load(paths["backbone"], map_location="cpu", weights_only=True).items()
+                if k.startswith("features.")}
+    # the package splits torchvision's `features` into slices that keep the layer indices: slice{k}.{i}.weight
+    metric.net.load_state_dict({k: features[k.split(".", 1)[1]] for k in metric.net.state_dict()})
+    layers = torch.load(paths["layers"], map_location="cpu", weights_only=True)
+    missing, unexpected = metric.load_state_dict(layers, strict=False)
+    if unexpected or {f"lin{k}.model.1.weight" for k in range(len(metric.chns))} & set(missing):
+        raise ValueError(f"{paths['layers']} does not hold the LPIPS linear layers of {name}")
     return metric.eval()
 
 
@@ -162,6 +218,10 @@ def describe_metrics(names: Sequence[str]) -> dict[str, Any]:
         "lpips": {"implementation": "piq.ContentLoss LPIPS, replace_pooling=True (as the DAPS reference)",
                   "backbone": f"torchvision vgg16 ({LPIPS_FILES['backbone']})", "layers": LPIPS_FILES["layers"],
                   "weights_present": all(p.is_file() for p in lpips_weight_paths().values())},
+        **{name: {"implementation": f"lpips package LPIPS v0.1, net={net} (Zhang et al. 2018; linear layers shipped "
+                                    f"with the package)", "backbone": f"torchvision {backbone}",
+                  "weights_present": original_lpips_paths(name)["backbone"].is_file()}
+           for name, (net, backbone) in ORIGINAL_LPIPS.items() if name in names},
         "fid": {"implementation": "piq.FID on pool3 features of piq's FID InceptionV3", "weights": INCEPTION_FILE,
                 "weights_present": inception_weight_path().is_file()},
         "kid": {"implementation": "piq.KID (cubic polynomial kernel) on the FID features", "weights": INCEPTION_FILE,
@@ -178,7 +238,7 @@ class Metrics:
     def __init__(self, names: Sequence[str], device: torch.device | str = "cpu") -> None:
         unknown = [n for n in names if n not in METRIC_NAMES]
         if unknown:
-            raise ValueError(f"eval_fn_list has unknown metrics {unknown}; valid: {', '.join(METRIC_NAMES)}")
+            raise ConfigError(f"eval_fn_list has unknown metrics {unknown}; valid: {', '.join(METRIC_NAMES)}")
         import piq
         self.device = device
         self.set_names = [n for n in names if n in SET_METRICS]
@@ -192,6 +252,11 @@ class Metrics:
         if "lpips" in self.names:
             lpips = build_lpips()
             self._fns["lpips"] = None if lpips is None else (lambda a, b, m=lpips.to(device): m(a, b))
+        for name in ORIGINAL_LPIPS:
+            if name in self.names:
+                metric = build_original_lpips(name)
+                self._fns[name] = None if metric is None else (
+                    lambda a, b, m=metric.to(device): m(a, b, normalize=True).reshape(-1))
 
     def describe(self) -> dict[str, Any]:
         return describe_metrics([*self.names, *self.set_names])

@@ -1,8 +1,7 @@
-"""The sampler callback: progress bar, progress frames, divergence steps (k-diffusion's callback pattern).
+"""The sampler callback of the experiment: progress bar and progress frames (k-diffusion's callback pattern).
 
-Samplers call ``callback(state)`` once per outer step with ``step``, ``num_steps``, ``x_t``, ``x0hat``, ``x0y``
-(or only some of them), ``residual`` (per-sample ‖A(x̂) − y‖), ``finite`` (per-sample bool) and ``decode``
-(sample space -> image). Nothing here runs unless the user asked for it: frames only at ~``points`` steps,
+Samplers call ``callback(state)`` once per outer step with the state documented in :mod:`common.sampling`
+(divergence is the sampler's result, not the callback's business). Nothing here runs unless the user asked for it: frames only at ~``points`` steps,
 the bar's PSNR only when ground truth is given and the model samples in pixel space (no decode per step).
 """
 from __future__ import annotations
@@ -28,49 +27,61 @@ def record_steps(num_steps: int, points: int) -> set[int]:
     return {round(i * (num_steps - 1) / max(count - 1, 1)) for i in range(count)} | {num_steps - 1}
 
 
+class RunBar:
+    """One progress bar for a whole run: the sampler steps of all its batches, so tqdm's ETA is the time left for
+    the run. Its total, batches × steps per batch, is set at the first step (samplers report ``num_steps``);
+    the postfix names the batch (``batch k/n``) beside the residual and PSNR."""
+
+    def __init__(self, batches: int, label: str = "sampling") -> None:
+        self.batches, self.label = batches, label
+        self.batch = 0
+        self._bar: Any = None
+
+    def advance(self, step: int, num_steps: int, postfix: dict[str, str] | None) -> None:
+        """One sampler step (``step`` of ``num_steps``) of the current batch; ``postfix`` None keeps the last one."""
+        if self._bar is None:
+            self._bar = tqdm(total=self.batches * num_steps, desc=self.label, leave=False, dynamic_ncols=True)
+        if step == 0:
+            self.batch += 1
+        if postfix is not None:
+            self._bar.set_postfix({"batch": f"{self.batch}/{self.batches}", **postfix}, refresh=False)
+        self._bar.update(1)
+        if self.batch == self.batches and step == num_steps - 1:
+            self._bar.close()  # the run's last step (leave=False: the bar disappears)
+
+
 class Progress:
-    """Callable passed as ``callback`` to a sampler for one batch."""
+    """Callable passed as ``callback`` to a sampler for one batch; ``bar`` (None: no bar) is the run's bar."""
 
     def __init__(self, batch_size: int, ground_truth: torch.Tensor | None = None, record_frames: bool = False,
-                 points: int = 10, show_bar: bool = True, description: str = "", latent: bool = False,
+                 points: int = 10, bar: RunBar | None = None, latent: bool = False,
                  on_step: Callable[[dict[str, float]], None] | None = None) -> None:
         # the bar's PSNR needs x̂ in pixel space: shown for pixel models only (no decode per step)
         self.ground_truth = None if latent else ground_truth
-        self.record_frames, self.points, self.show_bar = record_frames, points, show_bar
-        self.description = description
+        self.record_frames, self.points, self._bar = record_frames, points, bar
         self.frames: list[dict[str, list[torch.Tensor]]] = [{k: [] for k in FRAME_KEYS} for _ in range(batch_size)]
-        self._first_bad = torch.full((batch_size,), -1, dtype=torch.long)
+        # per recorded frame (shared by the batch): its step and noise level ('sigma' or 't', value; t preferred)
+        self.frame_steps: list[int] = []
+        self.frame_times: list[tuple[str, float] | None] = []
+        self.num_steps: int | None = None
         self._last_postfix = float("-inf")
         self.on_step = on_step  # receives cheap per-step scalars (residual, sigma), e.g. for W&B curves
-        self._bar: Any = None
         self._steps: set[int] | None = None
 
     def __call__(self, state: dict[str, Any]) -> None:
         step, num_steps = state["step"], state["num_steps"]
         if self._steps is None:  # first call
             self._steps = record_steps(num_steps, self.points) if self.record_frames else set()
-            if self.show_bar:
-                self._bar = tqdm(total=num_steps, desc=self.description, leave=False, dynamic_ncols=True)
-        finite = state["finite"]
-        first_bad = self._first_bad.to(finite.device)
-        self._first_bad = torch.where(~finite & (first_bad < 0), step, first_bad)
         if step in self._steps:
             self._record(state)
         if self.on_step is not None:
             self.on_step(self._scalars(state))
         if self._bar is not None:
             now = time.monotonic()
+            postfix = None
             if now - self._last_postfix >= POSTFIX_INTERVAL or step == num_steps - 1:
-                self._bar.set_postfix(self._postfix(state), refresh=False)
-                self._last_postfix = now
-            self._bar.update(1)
-            if step == num_steps - 1:
-                self._bar.close()
-
-    @property
-    def failed_at(self) -> list[int | None]:
-        """First step at which each sample was reported non-finite (None: never); read after sampling."""
-        return [None if s < 0 else s for s in self._first_bad.tolist()]
+                postfix, self._last_postfix = self._postfix(state), now
+            self._bar.advance(step, num_steps, postfix)
 
     @staticmethod
     def _scalars(state: dict[str, Any]) -> dict[str, float]:
@@ -95,6 +106,10 @@ class Progress:
     @torch.no_grad()
     def _record(self, state: dict[str, Any]) -> None:
         decode = state["decode"]
+        self.num_steps = state["num_steps"]
+        self.frame_steps.append(state["step"])
+        name = next((k for k in ("t", "sigma") if state.get(k) is not None), None)
+        self.frame_times.append(None if name is None else (name, float(state[name])))
         for key in FRAME_KEYS:
             if state.get(key) is not None:
                 images = decode(state[key]).float().cpu()

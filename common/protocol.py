@@ -1,10 +1,10 @@
-"""The evaluation protocol as data: named image lists with SHA-256 checksums, the operator state's source,
-and the software a run used.
+"""The evaluation protocol as data: named image lists with SHA-256 checksums and the operator state's source
+(the software a run used: :func:`common.provenance.environment`).
 
 Image lists. A list ``<name>.sha256`` (``sha256sum`` format: ``<sha256>  <file name>`` per line) names the
 files of a test set; image id i is the file on line i. ``data.id_list=<name>`` looks the list up beside the
 data configs (``configs/data/<name>.sha256``) or takes a path; every selected file is hashed and compared
-before sampling. Write a list with ``python -m common.protocol FOLDER > configs/data/<name>.sha256``.
+before sampling. Write a list with ``python -m commands.protocol FOLDER > configs/data/<name>.sha256``.
 
 Operator state. Masks and kernels are drawn per image from ``make_generator(seed, image_id, "operator")``
 (independent of batch size and order). Two options of an operator block change that (they are removed
@@ -19,25 +19,23 @@ from the block before the operator is built, see :func:`split_operator_config`):
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import platform
-import sys
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
+from common.errors import ConfigError, SettingError
+from common.files import regular_file_problem
 from common.operators.base import Operator
 from common.random import make_generator
 
 LIST_DIR = Path(__file__).resolve().parents[1] / "configs" / "data"
 
 
-class InputError(ValueError):
+class InputError(ConfigError):
     """Measurements or operator states that do not fit the task, found before sampling."""
-
-PACKAGES = ("torch", "torchvision", "numpy", "piq", "lpips", "scipy", "scikit-image", "hydra-core", "diffusers")
 
 
 # ---------------------------------------------------------------------------------------------- image lists
@@ -79,8 +77,8 @@ def verify_files(root: Path, entries: Sequence[tuple[str, str]]) -> None:
     problems = []
     for name, expected in entries:
         path = root / name
-        if not path.is_file():
-            problems.append(f"{name}: missing")
+        if problem := regular_file_problem(path):  # missing, a FIFO, a directory, ...: never opened
+            problems.append(f"{name}: {problem}")
         elif (actual := file_sha256(path)) != expected:
             problems.append(f"{name}: SHA-256 {actual[:12]}... differs from the list's {expected[:12]}...")
     if problems:
@@ -108,41 +106,108 @@ class StatePlan:
         return "shared: one draw from (seed, 'operator')" if self.shared else "per image: (seed, image id, 'operator')"
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, False for a path the system cannot even look up (a name too long, a NUL byte)."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return False
+
+
 def split_operator_config(block: Mapping[str, Any]) -> tuple[dict[str, Any], StatePlan]:
     """An operator config block -> (the parameters for ``build_operator``, the state plan)."""
     params = dict(block)
-    path, shared = params.pop("state", None), bool(params.pop("shared_state", False))
+    path, shared = params.pop("state", None), params.pop("shared_state", False)
+    if not isinstance(shared, bool):
+        raise SettingError("operator.shared_state", shared, "need true or false")
     if path is not None and shared:
-        raise ValueError("operator.state and operator.shared_state=true exclude each other: a loaded state "
-                         "file already fixes the masks/kernels")
-    if path is not None and not Path(str(path)).expanduser().exists():
-        raise ValueError(f"operator.state={path!r} does not exist: give a run directory's measurements/ folder "
-                         f"or a .pt file holding the state")
+        raise SettingError("operator.state", path, "excludes operator.shared_state=true: a loaded state file "
+                           "already fixes the masks/kernels")
+    if path is not None and (not isinstance(path, str) or not path or not _exists(Path(path).expanduser())):
+        raise SettingError("operator.state", path, "does not exist: give a run directory's measurements/ folder "
+                           "or a .pt file holding the state")
     return params, StatePlan(None if path is None else str(path), shared)
+
+
+def load_tensor_file(path: str | Path) -> Any:
+    """The payload of a ``.pt`` file of plain tensors (dicts, lists, numbers), loaded with ``weights_only=True``.
+
+    :class:`InputError` with one line naming the file and what is wrong: not a regular file, empty, pickled
+    Python objects (refused unread), or not a complete ``torch.save`` file (truncated, garbage).
+    """
+    problem = regular_file_problem(Path(path))
+    if problem:
+        raise InputError(f"{path}: {problem}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" in str(err):
+            raise InputError(f"{path}: not a plain tensor file: it holds pickled Python objects, which are "
+                             f"never loaded; save only tensors (and dicts/lists of them) with torch.save") from None
+        raise InputError(f"{path}: not a torch.save file (unreadable content)") from None
+    except Exception as err:  # weights_only loading ran no code: whatever failed, the bytes are no torch.save file
+        kind = type(err).__name__
+        raise InputError(f"{path}: not a complete torch.save file (truncated or damaged; {kind})") from None
+
+
+def tensor_problem(value: torch.Tensor) -> str | None:
+    """Why a loaded tensor is no usable data (meta, sparse or quantized, not real numbers, NaN/inf), or None."""
+    if value.is_meta:
+        return "a meta tensor (it has no data)"
+    if value.layout != torch.strided:
+        return f"a {str(value.layout).removeprefix('torch.')} tensor: only dense tensors are read"
+    if value.is_quantized or value.is_complex():
+        return f"of dtype {str(value.dtype).removeprefix('torch.')}, not real numbers"
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        return "holds NaN or infinite values"
+    return None
+
+
+def state_data_problems(state: Mapping[str, Any]) -> list[str]:
+    """What is wrong with an operator state as data: non-string keys, values that are no usable tensors."""
+    problems = []
+    for key, value in state.items():
+        if not isinstance(key, str):
+            problems.append(f"key {key!r} is not a name")
+        elif not isinstance(value, torch.Tensor):
+            problems.append(f"{key!r} is a {type(value).__name__}, not a tensor")
+        elif (problem := tensor_problem(value)) is not None:
+            problems.append(f"{key!r} {problem if problem.startswith('holds') else 'is ' + problem}")
+    return problems
 
 
 def _state_from_payload(payload: Any, where: str) -> dict[str, torch.Tensor]:
     """{"state": {...}} (a measurements file) or a plain dict of tensors."""
     state = payload.get("state", payload) if isinstance(payload, dict) else None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+    if not isinstance(state, dict):
         raise InputError(f"{where} holds no operator state: expected {{'state': {{name: tensor}}}} or "
-                         f"{{name: tensor}} (e.g. {{'kernel': (k, k)}})")
+                         f"{{name: tensor}} (e.g. {{'kernel': (k, k)}}), got a {type(payload).__name__}")
+    problems = state_data_problems(state)
+    if problems:
+        raise InputError(f"{where} holds no usable operator state: {'; '.join(problems)}")
     return state
 
 
 def load_state_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """The operator state in a ``.pt`` file (weights_only loading)."""
-    return _state_from_payload(torch.load(path, map_location="cpu", weights_only=True), str(path))
+    """The operator state in a ``.pt`` file (weights_only loading, see :func:`load_tensor_file`)."""
+    return _state_from_payload(load_tensor_file(path), str(path))
 
 
 def check_state(operator: Operator, state: Mapping[str, torch.Tensor], where: str) -> None:
-    """A loaded state must have the keys and shapes the operator draws; :class:`InputError` naming both."""
+    """A loaded state must have the keys and shapes the operator draws and values it accepts
+    (:meth:`Operator.state_problems`: e.g. a 0/1 mask, a blur kernel summing to 1); :class:`InputError`."""
+    problems = state_data_problems(state)
+    if problems:
+        raise InputError(f"{where}: no usable operator state: {'; '.join(problems)}")
     probe = operator.draw_state(make_generator(0, "probe"))
     expected = {k: tuple(v.shape) for k, v in probe.items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if expected != got:
         raise InputError(f"{where}: operator state {got or '{}'} does not fit {type(operator).__name__}, "
                          f"which needs {expected or 'no state'}")
+    problems = operator.state_problems(state)
+    if problems:
+        raise InputError(f"{where}: operator state refused for {type(operator).__name__}: {'; '.join(problems)}")
 
 
 def state_source(plan: StatePlan, operator: Operator, seed: int, image_ids: Sequence[int]
@@ -168,31 +233,3 @@ def state_source(plan: StatePlan, operator: Operator, seed: int, image_ids: Sequ
         check_state(operator, states[image_id], str(path))
     return states.__getitem__
 
-
-# ---------------------------------------------------------------------------------------------- environment
-def environment() -> dict[str, Any]:
-    """Python, platform and the versions of the packages the numbers depend on (None: not installed)."""
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return {"python": platform.python_version(), "platform": platform.platform(), "packages": versions,
-            "cuda": torch.version.cuda}
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m common.protocol FOLDER``: print the checksum list of a folder's images."""
-    from common.data import IMAGE_SUFFIXES
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1 or not Path(args[0]).is_dir():
-        print("usage: python -m common.protocol FOLDER > configs/data/<name>.sha256", file=sys.stderr)
-        return 2
-    sys.stdout.write(write_list(args[0], IMAGE_SUFFIXES))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,44 +1,73 @@
-"""The run directory ``save_dir/name/``: the only code that writes results.
+"""The run directory ``save_dir/name/``: the only code that writes results (storage only: no device).
 
 Layout::
 
     config.yaml                       resolved config
     protocol.json                     data list and checksums, operator-state source, metric implementations,
                                       package versions (copied into metrics.json)
+    provenance.json                   how the folder was made: one entry per invocation (command line, overrides,
+                                      git commit and dirty flag, start/end time, wall time, model calls per
+                                      sample; see :mod:`common.provenance`) and the checkpoint digests
+    run.log                           what the runs printed (appended by every invocation)
+    run.lock                          locked (``fcntl.flock``) by the process writing the folder; holds its pid
     samples/{id:05d}_run{r:04d}.png   reconstructions
     inputs/{id:05d}_gt.png            ground truth;  inputs/{id:05d}_measurement.png: y resized for viewing
     measurements/{id:05d}.pt          raw y and the operator state (mask, kernel) to rerun on the same data
-    records/{id:05d}_run{r:04d}.json  per-sample metrics (what resume and multi-process runs read back)
+    records/{id:05d}_run{r:04d}.json  per-sample metrics and the sample's fingerprint (what resume reads back)
     raw/{id:05d}_run{r:04d}.pt        float16 sample (num_runs >= 2: the uncertainty maps); raw/{id:05d}_gt.pt
     trajectory/{id:05d}_run{r:04d}.png  progress strip (rows x0hat, x0y, x_t); .gif with save_traj_video
     uncertainty/{id:05d}_mean.png, _std.png (heat map), {id:05d}.pt (float mean/std); calibration.png
     metrics.json, eval.md, records.csv, grid_results.png   built by :meth:`RunDirectory.finish` from the records
 
-Every file is written atomically (temporary file + rename), so a crash never leaves a half-written result
-and ``metrics.json`` is always valid JSON.
+Every file is written atomically (temporary file + rename) with the mode ``open()`` would give it
+(0o666 & ~umask), so a crash never leaves a half-written result. JSON never holds NaN or ±inf (they are
+written as null), so every JSON file reads back.
+
+Integrity. A sample is finished when its record is readable, carries the fingerprint the current experiment
+expects (:mod:`common.fingerprint`: model and checkpoints, task block and operator state, sampler, data
+settings, seed, image content, run) and, when they are kept, its PNG and float sample exist. A record of
+the experiment's (image, run) pairs with another fingerprint stops the run (:class:`RunDirectoryError`,
+naming what differs) before anything is written; ``overwrite=true`` moves the old folder aside instead
+(:meth:`RunDirectory.start_over`). Unreadable records (a truncated write from a killed process on a full
+disk) are redone; files in ``records/`` that are not records are ignored; both with a notice.
 """
 from __future__ import annotations
 
-import csv
+import contextlib
+import fcntl
 import io
 import json
 import math
 import os
+import re
+import shutil
 import tempfile
-import warnings
+import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from torchvision.utils import make_grid
 
-from common import uncertainty
-from common.metrics import FEW_IMAGES, HIGHER_IS_BETTER, Metrics, set_metrics, to_unit
+from common.fingerprint import SampleKeys, differences
+from common.figures import png_bytes, run_grid, to_pil
 
-SET_BATCH = 16  # images per Inception batch for FID/KID
+LOCK_FILE = "run.lock"
+RECORD_NAME = re.compile(r"^(\d+)_run(\d+)\.json$")
+
+
+class RunDirectoryError(ValueError):
+    """The run directory cannot be used as asked: another process holds it, or it holds samples made
+    differently (the message says what differs and how to proceed)."""
+
+
+def file_mode() -> int:
+    """0o666 & ~umask: the mode ``open()`` gives a new file (``tempfile.mkstemp`` would give 0o600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -47,22 +76,27 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+            os.fchmod(handle.fileno(), file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """(3, H, W) in [-1, 1] -> 8-bit RGB (NaN shown black)."""
-    array = (to_unit(torch.nan_to_num(image.detach().cpu())) * 255).round().byte().permute(1, 2, 0).numpy()
-    return Image.fromarray(array)
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, ±inf) replaced by None, at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
+def json_text(payload: Any, indent: int = 1) -> str:
+    """JSON that always reads back: non-finite floats as null (:func:`json_safe`), ``allow_nan=False``."""
+    return json.dumps(json_safe(payload), indent=indent, allow_nan=False)
 
 
 def load_png(path: Path) -> torch.Tensor:
@@ -90,11 +124,15 @@ def view_measurement(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class RunDirectory:
-    """Writes and reads back the results of one experiment (see module docstring)."""
+    """Writes and reads back the results of one experiment (see module docstring). Nothing is created
+    until something is written or :meth:`locked` is entered."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd: int | None = None
+        self._new = False  # the held folder was made by this process (absent, empty, or started over)
+        self._expected: SampleKeys | None = None
+        self._need_image = self._need_raw = False
 
     # ------------------------------------------------------------------ names
     def sample_path(self, image_id: int, run: int) -> Path:
@@ -107,15 +145,76 @@ class RunDirectory:
         """The float sample of (image, run); ``run=None``: the ground truth."""
         return self.root / "raw" / (f"{image_id:05d}_gt.pt" if run is None else f"{image_id:05d}_run{run:04d}.pt")
 
+    # ------------------------------------------------------------------ lock and overwrite
+    @contextlib.contextmanager
+    def locked(self, discard_if_new_on: tuple[type[BaseException], ...] = ()) -> Iterator[None]:
+        """Hold the folder for the block: an exclusive ``fcntl.flock`` on ``run.lock`` (the folder is created
+        here). Another holder: :class:`RunDirectoryError` naming its pid. When the block raises one of
+        ``discard_if_new_on`` (a refusal) and the folder is new (it was absent or empty, or was started over),
+        it is removed again."""
+        self._new = not self.root.is_dir() or not any(self.root.iterdir())
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = self._acquire()
+        try:
+            yield
+        except discard_if_new_on:
+            if self._new:
+                shutil.rmtree(self.root, ignore_errors=True)
+            raise
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the lock
+                self._lock_fd = None
+
+    def _acquire(self) -> int:
+        path = self.root / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunDirectoryError(f"run directory {self.root} is in use by another run (pid {holder}, lock file "
+                                    f"{path}): wait until it ends, or choose another name=...") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return fd
+
+    def start_over(self) -> Path | None:
+        """``overwrite=true``: move the previous results aside in one rename of the folder, to
+        ``<name>.old-<YYYYmmdd-HHMMSS>``, and go on in a new empty folder (locked in turn); returns where the
+        old results went (None: there were none). Call inside :meth:`locked`."""
+        if self._lock_fd is None:
+            raise RuntimeError("start_over() needs the lock: call it inside RunDirectory.locked()")
+        if not any(p.name != LOCK_FILE for p in self.root.iterdir()):
+            return None
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        target, suffix = self.root.with_name(f"{self.root.name}.old-{stamp}"), 1
+        while target.exists():
+            target, suffix = self.root.with_name(f"{self.root.name}.old-{stamp}-{suffix}"), suffix + 1
+        os.rename(self.root, target)
+        old, self._lock_fd = self._lock_fd, None
+        try:
+            self.root.mkdir(exist_ok=True)
+            self._lock_fd = self._acquire()
+        finally:
+            os.close(old)
+        self._new = True
+        return target
+
     # ------------------------------------------------------------------ writers
+    def write_bytes(self, relative: str, data: bytes) -> None:
+        atomic_write_bytes(self.root / relative, data)
+
     def write_text(self, relative: str, text: str) -> None:
         atomic_write_bytes(self.root / relative, text.encode())
 
     def write_image(self, relative: str, image: torch.Tensor) -> None:
         atomic_write_bytes(self.root / relative, png_bytes(to_pil(image)))
 
-    def write_json(self, relative: str, payload: Any) -> None:
-        self.write_text(relative, json.dumps(payload, indent=1, allow_nan=False))
+    def write_json(self, relative: str, payload: Any, indent: int = 1) -> None:
+        """JSON that reads back: non-finite floats are written as null (:func:`json_text`)."""
+        self.write_text(relative, json_text(payload, indent))
 
     def write_inputs(self, image_id: int, gt: torch.Tensor | None, y: torch.Tensor,
                      state: dict[str, torch.Tensor], image_size: tuple[int, int], raw: bool = False) -> None:
@@ -131,330 +230,148 @@ class RunDirectory:
 
     def write_sample(self, image_id: int, run: int, sample: torch.Tensor, record: dict[str, Any],
                      save_image: bool = True, raw: bool = False) -> None:
-        """One reconstruction and its metrics record (the record last: it marks the sample as finished);
-        ``raw``: also the sample as float16 (for the posterior mean/std maps)."""
+        """One reconstruction and its metrics record (the record last: it marks the sample as finished; it
+        carries the fingerprint set by :meth:`expect`, and NaN/inf values become null); ``raw``: also the sample
+        as float16 (for the posterior mean/std maps)."""
         if save_image:
             atomic_write_bytes(self.sample_path(image_id, run), png_bytes(to_pil(sample)))
         if raw:
             atomic_write_bytes(self.raw_path(image_id, run), torch_bytes(sample.detach().cpu().half()))
         payload = {"image_id": image_id, "run": run, **record}
-        atomic_write_bytes(self.record_path(image_id, run), json.dumps(payload, indent=1).encode())
+        if self._expected is not None:
+            payload["fingerprint"] = self._expected.of(image_id, run)
+        atomic_write_bytes(self.record_path(image_id, run), json_text(payload).encode())
 
-    def write_trajectory(self, image_id: int, run: int, frames: dict[str, list[torch.Tensor]],
-                         video: bool = False) -> None:
-        """Progress strip: one row per quantity (x0hat, x0y, x_t), one column per recorded step."""
-        rows = [torch.stack(frames[k]) for k in ("x0hat", "x0y", "x_t") if frames.get(k)]
-        if not rows:
-            return
-        columns = rows[0].shape[0]
-        strip = make_grid(to_unit(torch.nan_to_num(torch.cat(rows))), nrow=columns, padding=2, pad_value=1.0)
-        atomic_write_bytes(self.root / "trajectory" / f"{image_id:05d}_run{run:04d}.png",
-                           png_bytes(to_pil(strip * 2 - 1)))
-        if video:
-            pictures = [to_pil(make_grid(torch.stack([r[c] for r in rows]) * 0.5 + 0.5, nrow=len(rows)) * 2 - 1)
-                        for c in range(columns)]
-            buffer = io.BytesIO()
-            pictures[0].save(buffer, format="GIF", save_all=True, append_images=pictures[1:], duration=200, loop=0)
-            atomic_write_bytes(self.root / "trajectory" / f"{image_id:05d}_run{run:04d}.gif", buffer.getvalue())
+    def write_trajectory(self, image_id: int, run: int, strip: bytes, video: bytes | None = None) -> None:
+        """A sample's progress strip (PNG) and, when given, its animation (GIF): drawn by :mod:`common.figures`."""
+        atomic_write_bytes(self.root / "trajectory" / f"{image_id:05d}_run{run:04d}.png", strip)
+        if video is not None:
+            atomic_write_bytes(self.root / "trajectory" / f"{image_id:05d}_run{run:04d}.gif", video)
 
     # ------------------------------------------------------------------ readers
+    def read_json(self, relative: str) -> Any:
+        """The payload of a JSON file of the folder; None when it is missing or unreadable."""
+        try:
+            return json.loads((self.root / relative).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return None
+
+    def _scan(self, log: Callable[[str], None] | None = None) -> dict[tuple[int, int], dict[str, Any]]:
+        """Every readable record by (image id, run). ``log`` gets one line per unreadable record (treated as
+        unfinished: the sample is made again) and per file in ``records/`` that is no record (ignored)."""
+        found: dict[tuple[int, int], dict[str, Any]] = {}
+        folder = self.root / "records"
+        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
+            if path.name.startswith(".") and path.name.endswith(".tmp"):
+                continue  # an atomic write cut short by a killed process
+            match = RECORD_NAME.match(path.name)
+            if match is None or not path.is_file():  # only regular files are read (a FIFO would block)
+                if log:
+                    log(f"note: ignoring {path}: not a sample record (a file records/<id>_run<r>.json)")
+                continue
+            pair = (int(match[1]), int(match[2]))
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+                record = None
+            if not isinstance(record, dict) or (record.get("image_id"), record.get("run")) != pair:
+                if log:
+                    log(f"note: {path} is unreadable or damaged (e.g. cut short by a full disk); "
+                        f"image {pair[0]} run {pair[1]} is sampled again")
+                continue
+            found[pair] = record
+        return found
+
+    def _current(self, found: dict[tuple[int, int], dict[str, Any]]) -> dict[tuple[int, int], dict[str, Any]]:
+        """The records of the expected experiment with its fingerprint (all records before :meth:`expect`)."""
+        if self._expected is None:
+            return found
+        pairs = self._expected.pairs()
+        return {p: r for p, r in found.items()
+                if p in pairs and not differences(self._expected.of(*p), r.get("fingerprint"))}
+
+    def expect(self, keys: SampleKeys, *, image: bool, raw: bool, log: Callable[[str], None]) -> None:
+        """Set the fingerprints the current experiment's samples carry (records written from now on carry
+        them; :meth:`finished` and :meth:`records` count only records that match) and whether a finished
+        sample also needs its PNG (``image``) and float sample (``raw``) on disk. A record of one of the
+        experiment's (image, run) pairs with another fingerprint raises :class:`RunDirectoryError` naming the
+        samples and what differs. Records of other pairs (more images or runs than now) are left alone."""
+        found = self._scan(log)
+        pairs = keys.pairs()
+        stale: dict[tuple[str, ...], list[tuple[int, int]]] = {}
+        for pair, record in sorted(found.items()):
+            if pair in pairs:
+                changed = differences(keys.of(*pair), record.get("fingerprint"))
+                if changed:
+                    stale.setdefault(tuple(changed), []).append(pair)
+        if stale:
+            raise RunDirectoryError(f"run directory {self.root} holds samples made differently: "
+                                    + "; ".join(_describe_stale(found, changed, where)
+                                                for changed, where in stale.items())
+                                    + ". Pass overwrite=true to start over (the old folder is moved aside), "
+                                      "or choose another name=...")
+        self._expected, self._need_image, self._need_raw = keys, image, raw
+        for pair in sorted(found):
+            if pair in pairs and image and not self.sample_path(*pair).is_file():
+                log(f"note: {self.sample_path(*pair)} is missing: image {pair[0]} run {pair[1]} is sampled again")
+            elif pair in pairs and raw and not self.raw_path(*pair).is_file():
+                log(f"note: {self.raw_path(*pair)} (the float sample the posterior maps need) is missing: "
+                    f"image {pair[0]} run {pair[1]} is sampled again")
+
     def finished(self) -> set[tuple[int, int]]:
-        """(image_id, run) pairs whose record is on disk."""
-        done = set()
-        for path in (self.root / "records").glob("*_run*.json"):
-            image, run = path.stem.split("_run")
-            done.add((int(image), int(run)))
-        return done
+        """(image id, run) pairs finished on disk (see :meth:`expect`)."""
+        done = set(self._current(self._scan()))
+        return {p for p in done if (not self._need_image or self.sample_path(*p).is_file())
+                and (not self._need_raw or self.raw_path(*p).is_file())}
 
     def records(self) -> list[dict[str, Any]]:
-        paths = sorted((self.root / "records").glob("*_run*.json"))
-        return [json.loads(p.read_text()) for p in paths]
+        """The readable records (of the expected experiment, once :meth:`expect` was called), by (image, run)."""
+        current = self._current(self._scan())
+        return [current[p] for p in sorted(current)]
 
     # ------------------------------------------------------------------ summary
     def finish(self, metric_names: Sequence[str], image_names: dict[int, str] | None = None, *,
                set_metric_names: Sequence[str] = (), device: torch.device | str = "cpu") -> dict[str, Any]:
         """metrics.json, eval.md, records.csv, the uncertainty maps and grid_results.png from the files on
         disk; returns the metrics dict. ``set_metric_names`` (fid, kid) are computed over all samples."""
+        from common.posterior_maps import compute_set_metrics, write_uncertainty  # evaluation, not storage
+        from common.summary import markdown_table, records_csv, summarize
+        from common.report_page import report_html
+
         records = self.records()
         summary = summarize(records, metric_names, image_names or {})
-        summary["uncertainty"] = self.write_uncertainty(records, summary)
+        summary["uncertainty"] = write_uncertainty(self, records, summary)
         if set_metric_names:
-            summary["set_metrics"] = self.set_metrics(records, set_metric_names, device)
-        protocol = self.root / "protocol.json"
-        if protocol.is_file():
-            summary["protocol"] = json.loads(protocol.read_text())
-        self.write_text("metrics.json", json.dumps(summary, indent=2, allow_nan=False))
+            summary["set_metrics"] = compute_set_metrics(self, records, set_metric_names, device)
+        protocol = self.read_json("protocol.json")
+        if protocol is not None:
+            summary["protocol"] = protocol
+        self.write_json("metrics.json", summary, indent=2)
         self.write_text("eval.md", markdown_table(summary, metric_names))
         self.write_text("records.csv", records_csv(records, metric_names, summary))
-        grid = self.grid()
+        grid = run_grid(self.root, summary, metric_names)
         if grid is not None:
-            self.write_image("grid_results.png", grid)
+            atomic_write_bytes(self.root / "grid_results.png", png_bytes(grid))
+        self.write_text("report.html", report_html(self.root, summary, metric_names))
         return summary
 
-    def _runs_by_image(self, records: list[dict[str, Any]]) -> dict[int, list[int]]:
-        """Finished, non-diverged runs per image whose float sample is on disk."""
-        runs: dict[int, list[int]] = {}
-        for rec in records:
-            if rec.get("failed_at_step") is None and self.raw_path(rec["image_id"], rec["run"]).is_file():
-                runs.setdefault(rec["image_id"], []).append(rec["run"])
-        return {i: sorted(r) for i, r in sorted(runs.items()) if len(r) >= 2}
 
-    def write_uncertainty(self, records: list[dict[str, Any]], summary: dict[str, Any]) -> dict[str, Any] | None:
-        """Per image with ≥ 2 runs: posterior mean and std (images, heat map, float .pt), PSNR of the mean
-        and coverage (see :mod:`common.uncertainty`); adds ``posterior`` to each image of ``summary`` and
-        returns the pooled numbers (None when no image has two runs)."""
-        by_image = self._runs_by_image(records)
-        if not by_image:
-            return None
-        maps = {}
-        for image_id, runs in by_image.items():
-            samples = torch.stack([torch.load(self.raw_path(image_id, r), weights_only=True).float() for r in runs])
-            maps[image_id] = uncertainty.moments(samples)
-        vmax = max(float(uncertainty.std_magnitude(std).max()) for _, std in maps.values())
-        psnr = Metrics(["psnr"])
-        curves, counts = [], []
-        for image_id, (mean, std) in maps.items():
-            self.write_image(f"uncertainty/{image_id:05d}_mean.png", mean.float())
-            self.write_image(f"uncertainty/{image_id:05d}_std.png", uncertainty.heat_map(std, vmax))
-            atomic_write_bytes(self.root / "uncertainty" / f"{image_id:05d}.pt",
-                               torch_bytes({"mean": mean.float(), "std": std.float(), "runs": by_image[image_id]}))
-            entry: dict[str, Any] = {"runs": len(by_image[image_id]),
-                                     "std_rms": float(uncertainty.std_magnitude(std).pow(2).mean().sqrt()),
-                                     "psnr_of_mean": None, "coverage_1std": None, "coverage_2std": None}
-            gt_path = self.raw_path(image_id, None)
-            if gt_path.is_file():
-                gt = torch.load(gt_path, weights_only=True).float()
-                value = psnr(mean.float()[None], gt[None])["psnr"]
-                entry["psnr_of_mean"] = _clean(float(value[0]))
-                curve = uncertainty.coverage(gt, mean, std, uncertainty.FIGURE_LEVELS)
-                entry["coverage_1std"], entry["coverage_2std"] = uncertainty.coverage(gt, mean, std)
-                curves.append(curve)
-                counts.append(gt.numel())
-            summary["images"].setdefault(str(image_id), {})["posterior"] = entry
-        runs = min(len(r) for r in by_image.values())
-        out: dict[str, Any] = {
-            "images": len(maps), "runs": runs, "heat_map_max": vmax,
-            "psnr_of_mean": _stats(_finite(summary["images"][str(i)]["posterior"]["psnr_of_mean"] for i in maps)),
-            "coverage_1std": None, "coverage_2std": None,
-            "gaussian_1std": uncertainty.gaussian_coverage()[0], "gaussian_2std": uncertainty.gaussian_coverage()[1],
-            "calibrated_1std": uncertainty.calibrated_coverage(runs)[0],
-            "calibrated_2std": uncertainty.calibrated_coverage(runs)[1]}
-        if curves:
-            weights = torch.tensor(counts, dtype=torch.float64)
-            pooled = (torch.tensor(curves, dtype=torch.float64) * weights[:, None]).sum(0) / weights.sum()
-            levels = list(uncertainty.FIGURE_LEVELS)
-            out["coverage_1std"], out["coverage_2std"] = (float(pooled[levels.index(k)]) for k in uncertainty.LEVELS)
-            atomic_write_bytes(self.root / "uncertainty" / "calibration.png",
-                               png_bytes(uncertainty.calibration_figure(pooled.tolist(), runs)))
-        return out
-
-    def set_metrics(self, records: list[dict[str, Any]], names: Sequence[str],
-                    device: torch.device | str) -> dict[str, Any]:
-        """FID/KID over every finished sample image against every ground-truth image (None, with one
-        warning, when either set is missing)."""
-        # run by run, images in id order (the references' order): what KID's per-run chunks need
-        ok = sorted((r["run"], r["image_id"]) for r in records if r.get("failed_at_step") is None)
-        samples = [self.sample_path(i, r) for r, i in ok if self.sample_path(i, r).is_file()]
-        references = sorted((self.root / "inputs").glob("*_gt.png"))
-        out: dict[str, Any] = {"num_samples": len(samples), "num_references": len(references),
-                               "biased_small_set": min(len(samples), len(references)) < FEW_IMAGES}
-        if len(samples) < 2 or len(references) < 2:
-            warnings.warn(f"{'/'.join(names)} need at least two saved sample images (save_samples=true) and two "
-                          f"ground-truth images; found {len(samples)} and {len(references)}: reported as null",
-                          stacklevel=2)
-            return {**out, **{n: None for n in names}}
-        values = set_metrics(names, _png_batches(samples), _png_batches(references), device=device)
-        return {**out, **{n: _clean(v) for n, v in values.items()}}
-
-    def grid(self) -> torch.Tensor | None:
-        """Columns = images; rows = ground truth (when known), measurement, one row per run, then the
-        posterior mean and the std heat map (when computed)."""
-        done = sorted(self.finished())
-        if not done:
-            return None
-        ids = sorted({i for i, _ in done})
-        runs = sorted({r for _, r in done})
-        rows = [[self.root / "inputs" / f"{i:05d}_gt.png" for i in ids],
-                [self.root / "inputs" / f"{i:05d}_measurement.png" for i in ids]]
-        rows += [[self.sample_path(i, r) for i in ids] for r in runs]
-        rows += [[self.root / "uncertainty" / f"{i:05d}_{kind}.png" for i in ids] for kind in ("mean", "std")]
-        rows = [row for row in rows if any(p.is_file() for p in row)]
-        tiles = [load_png(p) if p.is_file() else None for row in rows for p in row]
-        shape = next((t.shape for t in tiles if t is not None), None)
-        if shape is None:
-            return None
-        tiles = [t if t is not None and t.shape == shape else torch.ones(shape) for t in tiles]
-        return make_grid(torch.stack(tiles) * 0.5 + 0.5, nrow=len(ids), padding=2, pad_value=1.0) * 2 - 1
+#: what a differing fingerprint key means, for the refusal message
+_CHANGES = {"image": "the input image changed", "operator_state": "the loaded operator state (mask/kernel) changed",
+            "checkpoints": "a checkpoint file changed", "model": "model settings", "task": "task settings",
+            "sampler": "sampler settings", "data": "data settings", "metrics": "eval_fn_list", "seed": "seed"}
 
 
-def _png_batches(paths: Sequence[Path], size: int = SET_BATCH) -> Iterator[torch.Tensor]:
-    for first in range(0, len(paths), size):
-        yield torch.stack([load_png(p) for p in paths[first:first + size]])
-
-
-def _clean(value: float | None) -> float | None:
-    """None for None/NaN/inf (metrics.json stays valid JSON)."""
-    return value if value is not None and math.isfinite(value) else None
-
-
-def _finite(values: Iterable[float | None]) -> list[float]:
-    return [v for v in values if v is not None and math.isfinite(v)]
-
-
-def _stats(values: list[float]) -> dict[str, float | None]:
-    if not values:
-        return {"mean": None, "std": None}
-    t = torch.tensor(values, dtype=torch.float64)
-    return {"mean": float(t.mean()), "std": float(t.std(unbiased=False)) if len(values) > 1 else 0.0}
-
-
-def summarize(records: list[dict[str, Any]], metric_names: Sequence[str], image_names: dict[int, str]
-              ) -> dict[str, Any]:
-    """Per image: every run's metrics, their mean/std over runs, the oracle best run (best metric against
-    the ground truth, what the DAPS tables report) and the residual-best run (smallest ‖A(x̂) − y‖, no oracle),
-    and the residual's mean/std/min over runs.
-    Overall: for each metric, mean/std over images of the per-image run-mean, and the means of both bests;
-    ``residual``: mean/std over images of the per-image run-mean residual."""
-    by_image: dict[int, list[dict[str, Any]]] = {}
-    for rec in records:
-        by_image.setdefault(rec["image_id"], []).append(rec)
-    images: dict[str, Any] = {}
-    failed = []
-    for image_id, recs in sorted(by_image.items()):
-        recs.sort(key=lambda r: r["run"])
-        ok = [r for r in recs if r.get("failed_at_step") is None]
-        failed += [{"image_id": image_id, "run": r["run"], "step": r["failed_at_step"]}
-                   for r in recs if r.get("failed_at_step") is not None]
-        entry: dict[str, Any] = {"name": image_names.get(image_id, recs[0].get("name")),
-                                 "runs": [{k: r.get(k) for k in ("run", *metric_names, "residual", "failed_at_step")}
-                                          for r in recs]}
-        residuals = _finite(r.get("residual") for r in ok)
-        by_residual = min((r for r in ok if _finite([r.get("residual")])), key=lambda r: r["residual"], default=None)
-        entry["residual"] = {**_stats(residuals), "min": min(residuals) if residuals else None,
-                             "best_run": by_residual["run"] if by_residual else None}
-        for m in metric_names:
-            values = _finite(r.get(m) for r in ok)
-            pick = max if HIGHER_IS_BETTER[m] else min
-            entry[m] = {**_stats(values), "best_oracle": pick(values) if values else None,
-                        "best_residual": _clean(by_residual.get(m)) if by_residual else None}
-        images[str(image_id)] = entry
-    overall = {}
-    for m in metric_names:
-        per_image = [images[k][m] for k in images]
-        overall[m] = {**_stats(_finite(e["mean"] for e in per_image)),
-                      "best_oracle_mean": _stats(_finite(e["best_oracle"] for e in per_image))["mean"],
-                      "best_residual_mean": _stats(_finite(e["best_residual"] for e in per_image))["mean"]}
-    return {"summary": overall, "residual": _stats(_finite(images[k]["residual"]["mean"] for k in images)),
-            "images": images, "failed": failed, "num_images": len(images), "num_samples": len(records)}
-
-
-def records_csv(records: list[dict[str, Any]], metric_names: Sequence[str], summary: dict[str, Any]) -> str:
-    """records.csv: one row per (image, run) with every metric, the residual, and which runs the two
-    best-of-runs selections chose (oracle by the first metric; residual)."""
-    columns = ["image_id", "name", "run", *metric_names, "residual", "failed_at_step", "best_residual",
-               *(f"best_oracle_{m}" for m in metric_names)]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for rec in sorted(records, key=lambda r: (r["image_id"], r["run"])):
-        entry = summary["images"].get(str(rec["image_id"]), {})
-        row = {k: rec.get(k) for k in ("image_id", "name", "run", *metric_names, "residual", "failed_at_step")}
-        row["name"] = entry.get("name", row["name"])
-        row["best_residual"] = int(entry.get("residual", {}).get("best_run") == rec["run"])
-        for m in metric_names:
-            best = entry.get(m, {}).get("best_oracle")
-            row[f"best_oracle_{m}"] = int(best is not None and rec.get(m) == best)
-        writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return buffer.getvalue()
-
-
-def _fmt(value: float | None) -> str:
-    return "null" if value is None else f"{value:.4f}"
-
-
-def markdown_table(summary: dict[str, Any], metric_names: Sequence[str]) -> str:
-    """eval.md: one row per image (mean ± std over runs, oracle and residual-selected best, residual), the
-    average, then the posterior uncertainty, set metrics (FID/KID) and what produced the numbers."""
-    head = "| image | name | " + "".join(f"{m} mean ± std | {m} best (oracle) | {m} best (residual) | "
-                                         for m in metric_names) + "residual mean ± std |"
-    sep = "|" + "---|" * (3 + 3 * len(metric_names))
-    lines = [head, sep]
-    for image_id, entry in summary["images"].items():
-        cells = [f"{_fmt(entry[m]['mean'])} ± {_fmt(entry[m]['std'])} | {_fmt(entry[m]['best_oracle'])} | "
-                 f"{_fmt(entry[m]['best_residual'])}" for m in metric_names]
-        residual = entry["residual"]
-        lines.append(f"| {image_id} | {entry['name']} | " + "".join(c + " | " for c in cells)
-                     + f"{_fmt(residual['mean'])} ± {_fmt(residual['std'])} |")
-    cells = [f"{_fmt(summary['summary'][m]['mean'])} ± {_fmt(summary['summary'][m]['std'])} | "
-             f"{_fmt(summary['summary'][m]['best_oracle_mean'])} | {_fmt(summary['summary'][m]['best_residual_mean'])}"
-             for m in metric_names]
-    lines.append("| **all** | | " + "".join(c + " | " for c in cells)
-                 + f"{_fmt(summary['residual']['mean'])} ± {_fmt(summary['residual']['std'])} |")
-    lines += ["", "best (oracle): each image's best run by that metric against the ground truth (what the DAPS "
-              "tables report). best (residual): the run with the smallest ‖A(x̂) − y‖, chosen without ground "
-              "truth. residual: ‖A(x̂) − y‖." if metric_names else
-              "residual: ‖A(x̂) − y‖ (no ground truth, so no image metrics)."]
-    if summary["failed"]:
-        lines.append("")
-        lines.append("Failed (diverged) samples: " + ", ".join(
-            f"image {f['image_id']} run {f['run']} at step {f['step']}" for f in summary["failed"]))
-    lines += _uncertainty_lines(summary.get("uncertainty"))
-    lines += _set_metric_lines(summary.get("set_metrics"))
-    lines += _provenance_lines(summary.get("protocol"))
-    return "\n".join(lines) + "\n"
-
-
-def _uncertainty_lines(u: dict[str, Any] | None) -> list[str]:
-    if not u:
-        return []
-    psnr = u["psnr_of_mean"]
-    lines = ["", f"## Posterior uncertainty ({u['images']} image(s), at least {u['runs']} runs each)", "",
-             (f"Posterior mean PSNR: {_fmt(psnr['mean'])} ± {_fmt(psnr['std'])}. " if psnr["mean"] is not None else "")
-             + f"Std heat maps (grid, uncertainty/): black 0 → white {u['heat_map_max']:.4f} (RMS over channels)."]
-    if u["coverage_1std"] is not None:
-        lines += ["", "| pixels with abs(x − mean) within | observed | exact sampler, n runs | Gaussian |",
-                  "|---|---|---|---|"]
-        for k in (1, 2):
-            lines.append(f"| {k} std | {u[f'coverage_{k}std']:.3f} | {u[f'calibrated_{k}std']:.3f} | "
-                         f"{u[f'gaussian_{k}std']:.3f} |")
-        lines.append("")
-        lines.append("Below the exact-sampler column: over-confident (too little spread); above: under-confident. "
-                     "Figure: uncertainty/calibration.png.")
-    return lines
-
-
-def _set_metric_lines(values: dict[str, Any] | None) -> list[str]:
-    if not values:
-        return []
-    names = [k for k in ("fid", "kid") if k in values]
-    line = ", ".join(f"{n.upper()} {_fmt(values[n])}" for n in names)
-    lines = ["", f"Set metrics over {values['num_samples']} samples against {values['num_references']} "
-             f"ground-truth images: {line}."]
-    if values["biased_small_set"]:
-        lines.append(f"Warning: FID/KID on fewer than ~{FEW_IMAGES} images are biased; compare only runs of the "
-                     f"same size.")
-    if any(values[n] is None for n in names):
-        lines.append("null: the Inception weights or the saved images are missing (`bash download.sh fid`).")
-    return lines
-
-
-def _provenance_lines(protocol: dict[str, Any] | None) -> list[str]:
-    if not protocol:
-        return []
-    data = protocol.get("data", {})
-    lines = ["", "## Provenance", ""]
-    if data.get("dataset") == "image":
-        check = (f"SHA-256 verified against {data['list_file']} (list {data['id_list']})" if data.get("verified")
-                 else "not verified (no checksum list)")
-        lines.append(f"Images: {data.get('root')}, {check}.")
-    elif data.get("dataset") == "measurements":
-        lines.append(f"Measurements: {data.get('root')} (no ground truth).")
-    lines.append(f"Operator state: {protocol.get('operator_state')}.")
-    lpips = (protocol.get("metrics") or {}).get("lpips")
-    if lpips:
-        lines.append(f"LPIPS: {lpips['implementation']}, backbone {lpips['backbone']}.")
-    env = protocol.get("environment") or {}
-    packages = ", ".join(f"{k} {v}" for k, v in (env.get("packages") or {}).items() if v)
-    if packages:
-        lines.append(f"Python {env.get('python')}; {packages}.")
-    return lines
+def _describe_stale(found: dict[tuple[int, int], dict[str, Any]], changed: tuple[str, ...],
+                    pairs: list[tuple[int, int]], shown: int = 5) -> str:
+    """'image 3 (name.png) runs [0, 1]: the input image changed' for the first ``shown`` images."""
+    runs: dict[int, list[int]] = {}
+    for image_id, run in pairs:
+        runs.setdefault(image_id, []).append(run)
+    names = [f"image {i} ({found[(i, r[0])].get('name')}) runs {r}" for i, r in list(runs.items())[:shown]]
+    more = f" and {len(runs) - shown} more image(s)" if len(runs) > shown else ""
+    if all(found[p].get("fingerprint") is None for p in pairs):
+        why = "no fingerprint (written by an older version, so what made them is unknown)"
+    else:
+        why = ", ".join(_CHANGES.get(k, k) for k in changed)
+    return f"{', '.join(names)}{more}: {why}"

@@ -9,8 +9,11 @@ What a tracked run holds:
 - per finished sample (x-axis ``sample/index``): its metrics; at the end a ``samples`` table of every
   (image, run) of the run directory (from ``metrics.json``, so resumed and multi-process runs are complete);
 - summary: for each metric m, ``m_mean`` / ``m_std`` (over images of each image's run-mean) and
-  ``m_best_oracle_mean`` / ``m_best_residual_mean`` (see :func:`common.run_dir.summarize`), the counts,
-  ``run_dir``; the result grid (``grid_results``) and the progress strips (``trajectory``) as images.
+  ``m_best_oracle_mean`` / ``m_best_residual_mean`` (see :func:`common.summary.summarize`), the counts,
+  ``run_dir``; the result grid (``grid_results``) and the progress strips (``trajectory``) as images;
+- files: the terminal log ``run.log`` of the run folder (as far as it got when the run finished);
+- per-sample metrics are logged as each batch finishes; a sweep's jobs share a W&B group (the sweep's name)
+  and are named by their swept values (``task=inpainting,seed=2``).
 
 Settings: ``project``, ``entity`` and ``mode`` (online | offline | disabled) come from the config keys
 ``project_name``, ``wandb_entity`` and ``wandb_mode``; W&B's own environment variables ``WANDB_PROJECT``,
@@ -28,6 +31,8 @@ import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
+
+from common.provenance import LOG_FILE
 
 #: progress strips uploaded at the end (the first ones by name); the rest stay in the run directory
 MAX_STRIPS = 16
@@ -67,8 +72,9 @@ class Tracker:
     @classmethod
     def start(cls, config: Mapping[str, Any], run_dir: str | Path, *, enabled: bool, project: str,
               entity: str | None = None, mode: str = "online", tags: Sequence[str] = (),
-              name: str | None = None) -> "Tracker":
+              name: str | None = None, group: str | None = None) -> "Tracker":
         """A tracker for one run: a W&B run when ``enabled`` and the mode is not ``disabled``, else a no-op.
+        ``name`` (default: the run folder's name) and ``group`` (e.g. the sweep a job belongs to) label it in W&B.
 
         A failing ``wandb.init`` gives one warning and a no-op tracker; results are written all the same.
         """
@@ -82,7 +88,7 @@ class Tracker:
             import wandb
 
             run = wandb.init(project=project, entity=entity, mode=mode, config=dict(config), tags=list(tags),
-                             name=name or run_dir.name, dir=os.environ.get("WANDB_DIR") or str(run_dir),
+                             name=name or run_dir.name, group=group, dir=os.environ.get("WANDB_DIR") or str(run_dir),
                              reinit="finish_previous")
             run.config.update({"run_dir": str(run_dir.resolve())}, allow_val_change=True)
             run.define_metric("sampling/step")
@@ -168,5 +174,7 @@ class Tracker:
             payload["trajectory"] = [wandb.Image(str(p), caption=p.stem) for p in strips]
         if payload:
             self._run.log(payload)
+        if (run_dir / LOG_FILE).is_file():  # the terminal log so far (what is printed after this is not in it)
+            self._run.save(str(run_dir / LOG_FILE), base_path=str(run_dir), policy="now")
         self._run.summary.update(values)
         self._run.finish()

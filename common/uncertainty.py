@@ -17,7 +17,6 @@ import math
 from typing import Sequence
 
 import torch
-from PIL import Image, ImageDraw
 
 #: the multiples of the std at which coverage is reported (the figure uses a finer grid)
 LEVELS = (1.0, 2.0)
@@ -62,34 +61,3 @@ def heat_map(std: torch.Tensor, vmax: float) -> torch.Tensor:
     v = (std_magnitude(std) / max(vmax, 1e-12)).clamp(0, 1).float()
     red, green, blue = (3 * v).clamp(0, 1), (3 * v - 1).clamp(0, 1), (3 * v - 2).clamp(0, 1)
     return torch.stack([red, green, blue]) * 2 - 1
-
-
-def calibration_figure(observed: Sequence[float], runs: int, levels: Sequence[float] = FIGURE_LEVELS,
-                       size: int = 320) -> Image.Image:
-    """Coverage against k: observed (red), exact sampler with n runs (blue), Gaussian limit (grey)."""
-    image = Image.new("RGB", (size, size), "white")
-    draw = ImageDraw.Draw(image)
-    left, bottom, top, right = 40, size - 30, 20, size - 10
-    k_max = max(levels)
-
-    def point(k: float, p: float) -> tuple[float, float]:
-        return left + (right - left) * k / k_max, bottom - (bottom - top) * p
-
-    draw.rectangle([left, top, right, bottom], outline="black")
-    for k in range(int(k_max) + 1):
-        x, _ = point(k, 0)
-        draw.line([x, bottom, x, bottom + 4], fill="black")
-        draw.text((x - 3, bottom + 6), str(k), fill="black")
-    for p in (0.0, 0.5, 0.68, 0.95):
-        _, y = point(0, p)
-        draw.line([left - 4, y, left, y], fill="black")
-        draw.text((2, y - 6), f"{p:.2f}", fill="black")
-    for values, colour in ((gaussian_coverage(levels), (150, 150, 150)),
-                           (calibrated_coverage(runs, levels), (40, 80, 220)), (list(observed), (220, 30, 30))):
-        draw.line([point(k, p) for k, p in zip(levels, values)], fill=colour, width=2)
-    draw.text((left + 6, top + 4), "fraction of pixels with |x - mean| <= k std", fill="black")
-    draw.text((left + 6, top + 18), "red: observed", fill=(220, 30, 30))
-    draw.text((left + 6, top + 30), f"blue: exact sampler, n={runs}", fill=(40, 80, 220))
-    draw.text((left + 6, top + 42), "grey: Gaussian (n -> inf)", fill=(110, 110, 110))
-    draw.text((right - 10, bottom + 6), "k", fill="black")
-    return image

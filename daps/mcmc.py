@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from common.errors import one_of, positive_int, real
 from common.models.base import DiffusionModel
 from common.operators.base import Operator
 from common.random import rand, randn
@@ -64,14 +65,12 @@ class MCMCSampler:
     def __init__(self, num_steps: int, lr: float, tau: float = 0.01, lr_min_ratio: float = 0.01,
                  mc_algo: str = "langevin", prior_solver: str = "gaussian", prior_sigma_min: float = 0.01,
                  momentum: float = 0.9) -> None:
-        if mc_algo not in MC_ALGOS:
-            raise ValueError(f"mc_algo={mc_algo!r} is not valid; valid: {', '.join(MC_ALGOS)}")
-        if prior_solver not in PRIOR_SOLVERS:
-            raise ValueError(f"prior_solver={prior_solver!r} is not valid; valid: {', '.join(PRIOR_SOLVERS)}")
-        if num_steps < 0 or lr <= 0 or tau <= 0 or not 0 < lr_min_ratio <= 1 or not 0 <= momentum < 1:
-            raise ValueError(f"invalid MCMC settings num_steps={num_steps}, lr={lr}, tau={tau}, "
-                             f"lr_min_ratio={lr_min_ratio}, momentum={momentum}: need num_steps >= 0, lr > 0, "
-                             f"tau > 0, 0 < lr_min_ratio <= 1, 0 <= momentum < 1")
+        num_steps = positive_int("num_steps", num_steps, minimum=0)
+        lr, tau = real("lr", lr, 0, low_open=True), real("tau", tau, 0, low_open=True)
+        lr_min_ratio = real("lr_min_ratio", lr_min_ratio, 0, 1, low_open=True)
+        mc_algo, prior_solver = one_of("mc_algo", mc_algo, MC_ALGOS), one_of("prior_solver", prior_solver, PRIOR_SOLVERS)
+        prior_sigma_min = real("prior_sigma_min", prior_sigma_min, 0, low_open=True)
+        momentum = real("momentum", momentum, 0, 1, high_open=True)
         self.num_steps, self.lr, self.tau = num_steps, lr, tau
         self.lr_min_ratio, self.mc_algo, self.prior_solver = lr_min_ratio, mc_algo, prior_solver
         self.prior_sigma_min, self.momentum = prior_sigma_min, momentum

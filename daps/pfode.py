@@ -13,13 +13,15 @@ from common.models.base import DiffusionModel
 from common.schedules import edm_time_steps
 
 
-def pf_ode_grid(sigma: torch.Tensor, num_steps: int, sigma_min: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(σ_0 … σ_{N−1}, Δ_i = σ_{i+1} − σ_i) for the Euler steps from ``sigma`` (a float32 0-dim tensor) to σ_min.
+def pf_ode_grid(sigma: torch.Tensor, num_steps: int, sigma_min: float, rho: int = 7
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(σ_0 … σ_{N−1}, Δ_i = σ_{i+1} − σ_i) for the Euler steps from ``sigma`` (a float32 0-dim tensor) to σ_min on
+    the poly-ρ grid.
 
     The grid follows σ's float32 dtype (DAPS's convention); the step sizes are taken in float64 and rounded
     to float32, where they meet the float32 state. Both float32, on the CPU.
     """
-    grid = edm_time_steps(num_steps, sigma.float().cpu(), sigma_min)
+    grid = edm_time_steps(num_steps, sigma.float().cpu(), sigma_min, rho)
     return grid[:-1].float(), (grid[1:].double() - grid[:-1].double()).float()
 
 

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
+from common.errors import SettingError
 from common.models.base import DiffusionModel
 from common.operators.base import Operator
 from common.registry import NOISES, OPERATORS
@@ -63,7 +64,7 @@ def project(operator: Operator, x: torch.Tensor, y_t: torch.Tensor) -> torch.Ten
 
 
 def _operators_with_pinv() -> list[str]:
-    return [name for name in OPERATORS.names() if callable(getattr(OPERATORS.get(name), "pinv", None))]
+    return [name for name in OPERATORS.names() if "pinv" in OPERATORS.get(name).capabilities]
 
 
 @dataclass(frozen=True)
@@ -75,10 +76,9 @@ class ConditioningMethod:
 
     def __post_init__(self) -> None:
         if self.name not in CONDITIONING_METHODS:
-            raise ValueError(f"unknown DPS conditioning method {self.name!r}; valid: "
-                             f"{', '.join(CONDITIONING_METHODS)}")
-        if self.gradient and not self.scale > 0:
-            raise ValueError(f"DPS method {self.name!r} needs a step size scale > 0, got {self.scale!r}")
+            raise SettingError("method", self.name, f"choose one of {', '.join(CONDITIONING_METHODS)}")
+        if self.gradient and not (0 < self.scale < float("inf")):
+            raise SettingError("scale", self.scale, f"need a finite step size > 0 for method {self.name!r}")
 
     @property
     def gradient(self) -> bool:
@@ -90,16 +90,18 @@ class ConditioningMethod:
         """Whether the method projects onto {x : A x = y_t} (then it needs the noised measurement y_t)."""
         return CONDITIONING_METHODS[self.name][1]
 
-    def check(self, model: DiffusionModel, operator: Operator, y: torch.Tensor) -> None:
-        """Refuse combinations the method cannot run, before any network call."""
+    def check_setup(self, model: DiffusionModel, operator: Operator) -> None:
+        """Refuse model/operator combinations the method cannot run, before any network call."""
         if self.projection:
             if model.latent:
-                raise ValueError(f"DPS method {self.name!r} projects in pixel space and cannot run on a latent "
-                                 f"model; use 'ps' or 'vanilla'")
-            if not (operator.linear and callable(getattr(operator, "pinv", None))):
-                raise ValueError(f"DPS method {self.name!r} needs a linear operator with a pseudo-inverse (pinv); "
-                                 f"{type(operator).__name__} has none. Operators with pinv: "
-                                 f"{', '.join(_operators_with_pinv()) or 'none'}")
+                raise SettingError("method", self.name, "'ps' or 'vanilla' on a latent model (projection methods "
+                                   "project in pixel space)")
+            if "pinv" not in operator.capabilities:
+                raise SettingError("method", self.name, f"'ps' or 'vanilla' for {type(operator).__name__}, which has "
+                                   f"no pseudo-inverse (operators with pinv: {', '.join(_operators_with_pinv())})")
+
+    def check_measurement(self, operator: Operator, y: torch.Tensor) -> None:
+        """Refuse a measurement the method's distance cannot use (before any network call)."""
         if self.gradient and is_poisson(operator) and bool((y == 0).any()):
             raise ValueError("the Poisson-weighted DPS distance divides by |y| and the measurement has exact "
                              "zeros; use Gaussian noise or a measurement without zeros")

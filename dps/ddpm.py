@@ -35,12 +35,16 @@ def space_timesteps(num_timesteps: int, section_counts: int | str | Sequence[int
     if isinstance(section_counts, str):
         spec = section_counts.strip()
         if spec.startswith("ddim"):
+            if not spec[4:].isdigit() or int(spec[4:]) < 1:
+                raise ValueError(f"timestep_respacing {section_counts!r}: 'ddimN' needs an integer N >= 1")
             desired = int(spec[4:])
             for stride in range(1, num_timesteps):
                 if len(range(0, num_timesteps, stride)) == desired:
                     return list(range(0, num_timesteps, stride))
             raise ValueError(f"timestep_respacing {section_counts!r}: no integer stride gives exactly {desired} "
                              f"of {num_timesteps} steps")
+        if not all(c.strip().lstrip("-").isdigit() for c in spec.split(",")):
+            raise ValueError(f"timestep_respacing {section_counts!r}: need N, 'a,b,c' (integers) or 'ddimN'")
         counts = [int(c) for c in spec.split(",")]
     elif isinstance(section_counts, int):
         counts = [section_counts]

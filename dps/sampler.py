@@ -18,19 +18,18 @@ go through ``callback(state)``; the sampler writes nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Sequence
 
 import torch
 
-from common.divergence import DivergenceTracker
+from common.errors import SettingError, one_of, positive_int, real
 from common.models.base import DiffusionModel
 from common.operators.base import Operator
 from common.random import randn
 from common.registry import SAMPLERS
-from dps.conditioning import ConditioningMethod, is_poisson, measurement_distance
-from dps.ddpm import DDPMSchedule
-
-Callback = Callable[[dict[str, Any]], None]
+from common.sampling import Callback, DivergenceTracker, SampleResult
+from dps.conditioning import CONDITIONING_METHODS, ConditioningMethod, is_poisson, measurement_distance
+from dps.ddpm import DDPMSchedule, space_timesteps
 
 
 @dataclass
@@ -79,28 +78,34 @@ def dps_step(model: DiffusionModel, schedule: DDPMSchedule, i: int, x_t: torch.T
                    residual=residual.detach(), gradient=gradient)
 
 
-@SAMPLERS.register("dps", "latent_dps")
+@SAMPLERS.register("dps")
 class DPS:
-    """DPS over the model's own β schedule (see the module docstring); pixel and latent models alike.
+    """DPS over the model's own β schedule (see the module docstring) with conditioning ``method`` and step size
+    ζ = ``scale``. ``timestep_respacing`` (guided-diffusion syntax: "250", "10,15,20", "ddim50") takes precedence over
+    ``num_steps`` (N evenly spaced steps of the model's T)."""
 
-    ``timestep_respacing`` (guided-diffusion syntax: "250", "10,15,20", "ddim50") takes precedence over
-    ``num_steps`` (N evenly spaced steps of the model's T). ``method`` and ``scale`` (ζ) may come flat or in
-    ``dps``, the task group's block as the entry point passes it (``task_params: dps``), which wins. Other
-    keys belong to the entry point (e.g. ``record_every``) and are ignored here.
-    """
+    requires = frozenset()
+    spaces = frozenset({"pixel"})
 
     def __init__(self, num_steps: int = 1000, method: str = "ps", scale: float = 1.0,
-                 timestep_respacing: int | str | Sequence[int] | None = None, clip_denoised: bool = True,
-                 dps: Mapping[str, Any] | None = None, **_bookkeeping: Any) -> None:
-        if isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 1:
-            raise ValueError(f"num_steps must be a positive integer, got {num_steps!r}")
-        task = dict(dps or {})
-        unknown = sorted(set(task) - {"method", "scale"})
-        if unknown:
-            raise ValueError(f"unknown keys {unknown} in the task's dps block; valid: method, scale")
-        self.respacing = int(num_steps) if timestep_respacing in (None, "") else timestep_respacing
-        self.method = ConditioningMethod(str(task.get("method", method)), float(task.get("scale", scale)))
-        self.clip_denoised = bool(clip_denoised)
+                 timestep_respacing: int | str | Sequence[int] | None = None, clip_denoised: bool = True) -> None:
+        num_steps = positive_int("num_steps", num_steps)
+        if isinstance(timestep_respacing, bool) or isinstance(timestep_respacing, float):
+            raise SettingError("timestep_respacing", timestep_respacing,
+                               "null, an integer step count, 'a,b,c' section counts or 'ddimN'")
+        if not isinstance(clip_denoised, bool):
+            raise SettingError("clip_denoised", clip_denoised, "true or false")
+        self.respacing = num_steps if timestep_respacing in (None, "") else timestep_respacing
+        self.method = ConditioningMethod(one_of("method", method, CONDITIONING_METHODS), real("scale", scale, 0))
+        self.clip_denoised = clip_denoised
+
+    def check(self, model: DiffusionModel, operator: Operator) -> None:
+        """Refuse, before sampling, a respacing the model's T steps cannot give and a method the operator lacks."""
+        try:
+            space_timesteps(len(model.betas), self.respacing)
+        except ValueError as err:
+            raise SettingError("timestep_respacing", self.respacing, str(err)) from None
+        self.method.check_setup(model, operator)
 
     def schedule(self, model: DiffusionModel) -> DDPMSchedule:
         """The model's β schedule respaced to the steps this sampler takes."""
@@ -108,9 +113,10 @@ class DPS:
 
     @torch.no_grad()
     def sample(self, model: DiffusionModel, operator: Operator, y: torch.Tensor, *,
-               generators: Sequence[torch.Generator], callback: Callback | None = None) -> torch.Tensor:
+               generators: Sequence[torch.Generator], callback: Callback | None = None) -> SampleResult:
         """Posterior samples in image space, one per generator (NaN where a chain diverged)."""
-        self.method.check(model, operator, y)
+        self.check(model, operator)
+        self.method.check_measurement(operator, y)
         host = self.schedule(model)  # for the callback's t and σ, read without touching the device
         num_steps, device = len(host), y.device
         schedule = host.to(device)
@@ -127,4 +133,11 @@ class DPS:
                           "sigma": host.sigma(i), "x_t": x_t, "x0hat": out.x0hat, "residual": out.residual,
                           "finite": tracker.finite, "decode": model.decode})
             x_t = x_next
-        return tracker.mark(model.decode(x_t).float())
+        return tracker.result(model.decode(x_t).float())
+
+
+@SAMPLERS.register("latent_dps")
+class LatentDPS(DPS):
+    """DPS on the latents of an LDM or Stable Diffusion model (ẑ0 not clipped; the residual through the decoder)."""
+
+    spaces = frozenset({"latent"})

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from common.autoimport import import_submodules
+from common.config_keys import build_strict
 from common.models.base import DiffusionModel, sigma_like
 from common.registry import MODELS
 
@@ -15,8 +16,9 @@ import_submodules(__name__, __path__)
 
 
 def build_model(name: str, **params: Any) -> DiffusionModel:
-    """The model registered as ``name``, built from a model config's remaining keys."""
-    return MODELS.build(name, **params)
+    """The model registered as ``name``, built from a model config's remaining keys (strict: an unknown key or a bad
+    value is a :class:`~common.errors.SettingError` naming ``model.<key>``)."""
+    return build_strict(MODELS.get(name), params, "model")
 
 
 __all__ = ["DiffusionModel", "build_model", "sigma_like", "MODELS"]

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import ConfigError
+
 #: default channel multipliers per image size when ``channel_mult`` is "" (as in guided-diffusion)
 DEFAULT_CHANNEL_MULT: dict[int, tuple[float, ...]] = {
     512: (0.5, 1, 1, 2, 2, 4, 4),
@@ -99,7 +101,7 @@ class ResBlock(nn.Module):
         elif resample is None:
             self.resample = nn.Identity()
         else:
-            raise ValueError(f"resample must be None, 'up' or 'down', got {resample!r}")
+            raise ConfigError(f"resample must be None, 'up' or 'down', got {resample!r}")
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         norm, act, conv = self.in_layers
@@ -128,12 +130,12 @@ class AttentionBlock(nn.Module):
         if num_head_channels == -1:
             self.num_heads = num_heads
         elif channels % num_head_channels:
-            raise ValueError(f"attention channels {channels} are not divisible by num_head_channels "
+            raise ConfigError(f"attention channels {channels} are not divisible by num_head_channels "
                              f"{num_head_channels}")
         else:
             self.num_heads = channels // num_head_channels
         if channels % self.num_heads:
-            raise ValueError(f"attention channels {channels} are not divisible by num_heads {self.num_heads}")
+            raise ConfigError(f"attention channels {channels} are not divisible by num_heads {self.num_heads}")
         self.legacy_order = legacy_order
         self.norm = GroupNorm32(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
@@ -229,11 +231,11 @@ class ADMUNet(nn.Module):
     def forward(self, x: torch.Tensor, timesteps: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """Network output at (possibly fractional) ``timesteps``: shape (B,), or one value for the whole batch."""
         if (y is None) != (self.num_classes is None):
-            raise ValueError("class labels y must be given exactly when the UNet is class-conditional "
+            raise ConfigError("class labels y must be given exactly when the UNet is class-conditional "
                              f"(num_classes={self.num_classes})")
         timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1)
         if timesteps.numel() not in (1, x.shape[0]):
-            raise ValueError(f"timesteps must hold 1 or batch-size ({x.shape[0]}) values, got {timesteps.numel()}")
+            raise ConfigError(f"timesteps must hold 1 or batch-size ({x.shape[0]}) values, got {timesteps.numel()}")
         sinusoid = timestep_embedding(timesteps, self.model_channels)
         emb = self.time_embed(sinusoid.to(self.time_embed[0].weight.dtype))
         if y is not None:
@@ -267,11 +269,11 @@ def create_adm_unet(image_size: int, num_channels: int, num_res_blocks: int, cha
       ``precision`` option of the ``ddpm`` model).
     """
     if use_fp16:
-        raise ValueError("use_fp16=True is not supported: the UNet keeps float32 weights; set the model's "
+        raise ConfigError("use_fp16=True is not supported: the UNet keeps float32 weights; set the model's "
                          "`precision: fp16` (autocast) instead")
     if channel_mult == "" or channel_mult is None:
         if image_size not in DEFAULT_CHANNEL_MULT:
-            raise ValueError(f"no default channel_mult for image_size {image_size}; valid: "
+            raise ConfigError(f"no default channel_mult for image_size {image_size}; valid: "
                              f"{sorted(DEFAULT_CHANNEL_MULT)}, or give channel_mult like '1,2,2'")
         mult = DEFAULT_CHANNEL_MULT[image_size]
     elif isinstance(channel_mult, str):

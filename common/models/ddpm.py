@@ -20,12 +20,13 @@ from typing import Any, Mapping
 import torch
 
 from common.checkpoints import CheckpointError, load_state_dict, load_strict, require_file
+from common.errors import ConfigError
 from common.models.adm_unet import ADMUNet, create_adm_unet
 from common.models.base import DiffusionModel
 from common.models.precond import vp_denoise
+from common.precision import autocast, compute_dtype
 from common.registry import MODELS
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 UNET_KWARGS = tuple(inspect.signature(create_adm_unet).parameters)
 
 
@@ -33,7 +34,7 @@ def _unet_from_config(model_config: Mapping[str, Any], device: str = "cpu") -> A
     """``create_adm_unet(**model_config)`` built on ``device`` ("meta": shapes only), unknown keys -> ValueError."""
     unknown = sorted(set(model_config) - set(UNET_KWARGS))
     if unknown:
-        raise ValueError(f"unknown ddpm model_config keys {unknown}; valid: {', '.join(UNET_KWARGS)}")
+        raise ConfigError(f"unknown ddpm model_config keys {unknown}; valid: {', '.join(UNET_KWARGS)}")
     with torch.device(device):
         return create_adm_unet(**model_config)
 
@@ -63,17 +64,16 @@ class DDPMModel(DiffusionModel):
 
     def __init__(self, resolution: int, checkpoint: str | Path | None, model_config: Mapping[str, Any],
                  precision: str = "fp32", download: str = "bash download.sh models", name: str | None = None,
-                 allow_random_weights: bool = False, channels_last: bool = False, **_: object) -> None:
+                 allow_random_weights: bool = False, channels_last: bool = False) -> None:
         super().__init__(sample_shape=(3, resolution, resolution))
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+        dtype = compute_dtype(precision)
         if model_config.get("image_size") != resolution:
-            raise ValueError(f"resolution {resolution} differs from model_config image_size "
+            raise ConfigError(f"resolution {resolution} differs from model_config image_size "
                              f"{model_config.get('image_size')!r}")
         if model_config.get("class_cond", False):
-            raise ValueError("class_cond=True is not supported by the ddpm model (the DPS/DAPS ADM priors are "
+            raise ConfigError("class_cond=True is not supported by the ddpm model (the DPS/DAPS ADM priors are "
                              "unconditional)")
-        self.precision = precision
+        self.precision, self.compute_dtype = precision, dtype
         self.channels_last = channels_last
         self._learn_sigma = bool(model_config.get("learn_sigma", False))
         what = f"model '{name or 'ddpm'}'"
@@ -117,8 +117,7 @@ class DDPMModel(DiffusionModel):
         """Raw UNet output (B, 3 or 6, H, W) in float32, run at the configured precision."""
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        dtype = PRECISIONS[self.precision]
-        with torch.autocast(device_type=x.device.type, dtype=dtype, enabled=dtype is not None):
+        with autocast(x.device, self.compute_dtype):
             out = self.unet(x, timesteps)
         return out.float()
 

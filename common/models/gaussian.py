@@ -19,29 +19,66 @@ The parameters (μ, U, v, α) are fitted to the natural images bundled with scik
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
+from common.errors import MAX_RESOLUTION, SettingError, real
 from common.models.base import DiffusionModel, sigma_like
 from common.random import randn
 from common.registry import MODELS
+
+
+def image_size(resolution: Any) -> tuple[int, int]:
+    """(H, W) from ``resolution``: one side for square images or [H, W], each an integer in
+    [1, :data:`~common.errors.MAX_RESOLUTION`]."""
+    sides = [resolution] if isinstance(resolution, int) else resolution
+    valid = f"need an integer in [1, {MAX_RESOLUTION}] (square images) or two of them [H, W]"
+    if isinstance(sides, (str, bytes)) or not isinstance(sides, Sequence) or len(sides) not in (1, 2) or \
+            any(isinstance(s, bool) or not isinstance(s, int) or not 1 <= s <= MAX_RESOLUTION for s in sides):
+        raise SettingError("resolution", resolution, valid)
+    return (sides[0], sides[-1])
+
+
+def reals(key: str, values: Any, length: int | None = None, *, positive: bool = False) -> list[float]:
+    """``values`` as a non-empty list of finite floats (of ``length`` entries, > 0 where ``positive``), else
+    :class:`~common.errors.SettingError` naming ``key``."""
+    what = f"{length or 'one or more'} finite numbers{' > 0' if positive else ''}"
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence) or not values or \
+            (length is not None and len(values) != length):
+        raise SettingError(key, values, f"need {what} (one per channel)")
+    try:
+        return [real(key, v, 0.0 if positive else None, low_open=positive) for v in values]
+    except SettingError:
+        raise SettingError(key, values, f"need {what}") from None
 
 
 @MODELS.register("gaussian_demo")
 class GaussianPrior(DiffusionModel):
     """Stationary Gaussian prior N(μ, Σ) on (C, H, W) images with a closed-form denoiser (see module doc)."""
 
+    #: ``gaussian`` (the default): sampler settings for an exact score; the ADM groups run too
+    task_groups = ("gaussian", "pixel", "pixel_hmc")
+
     def __init__(self, resolution: int | Sequence[int], mean: Sequence[float], variance: Sequence[float],
                  alpha: Sequence[float], color_basis: Sequence[Sequence[float]] | None = None,
-                 f0: float = 0.01, **_: object) -> None:
-        h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+                 f0: float = 0.01) -> None:
+        h, w = image_size(resolution)
+        mean = reals("mean", mean)
         channels = len(mean)
+        variance = reals("variance", variance, channels, positive=True)  # v_c > 0, else P_c is not a spectrum
+        alpha = reals("alpha", alpha, channels)
+        # 0 < f0 keeps P_c(0) = s_c f0^(-α_c) finite; f0 <= 1 cycle/pixel (|f| <= 0.71: beyond, P_c is flat)
+        f0 = real("f0", f0, 0.0, 1.0, low_open=True)
         super().__init__(sample_shape=(channels, h, w))
-        if not (len(variance) == len(alpha) == channels):
-            raise ValueError("mean, variance and alpha must have one value per channel")
         basis = torch.eye(channels, dtype=torch.float64)
         if color_basis is not None:
+            rows = color_basis if isinstance(color_basis, (list, tuple)) else ()
+            if [len(row) if isinstance(row, (list, tuple)) else -1 for row in rows] != [channels] * channels:
+                raise SettingError("color_basis", color_basis, f"need a {channels}x{channels} matrix (one row per "
+                                   f"channel)")
+            for row in color_basis:
+                reals("color_basis", row, channels)
             # nearest orthonormal matrix (polar factor), so rounded config values stay exactly orthonormal
             u, _, vh = torch.linalg.svd(torch.tensor(color_basis, dtype=torch.float64))
             basis = u @ vh

@@ -24,47 +24,60 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from common.config_keys import check_keys
 from common.models.base import DiffusionModel, sigma_like
-from common.models.gaussian import GaussianPrior
+from common.errors import SettingError, real
+from common.models.gaussian import GaussianPrior, image_size, reals
 from common.registry import MODELS
+
+COMPONENT_KEYS = ("weight", "mean", "variance", "alpha")
 
 
 def _mean_image(mean: Any, shape: tuple[int, int, int], index: int) -> torch.Tensor:
     """A component mean as a (C, H, W) float32 tensor: C values (constant per channel) or a full image."""
     c, h, w = shape
-    value = torch.as_tensor(mean, dtype=torch.float32)
-    if value.numel() == c:
-        return value.reshape(c, 1, 1).expand(c, h, w).clone()
-    if tuple(value.shape) != shape:
-        raise ValueError(f"components[{index}].mean has shape {tuple(value.shape)}; valid: {c} values (one per "
-                         f"channel) or a full image of shape {shape}")
-    return value
+    key, valid = f"components[{index}].mean", f"need {c} finite values (one per channel) or a full image of shape {shape}"
+    try:
+        value = torch.as_tensor(mean, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):  # strings, ragged lists: not numbers
+        raise SettingError(key, mean, valid) from None
+    if not bool(torch.isfinite(value).all()) or (value.numel() != c and tuple(value.shape) != shape):
+        raise SettingError(key, mean if value.numel() <= 16 else f"<shape {tuple(value.shape)}>", valid)
+    return value.reshape(c, 1, 1).expand(c, h, w).clone() if value.numel() == c else value
 
 
 @MODELS.register("gmm")
 class GaussianMixturePrior(DiffusionModel):
     """p(x) = Σ_k w_k N(μ_k, Σ_k) on (C, H, W) images, Σ_k stationary (see the module docstring)."""
 
+    #: ``gaussian`` (the default): sampler settings for an exact score; the ADM groups run too
+    task_groups = ("gaussian", "pixel", "pixel_hmc")
+
     def __init__(self, resolution: int | Sequence[int], components: Sequence[Mapping[str, Any]],
-                 color_basis: Sequence[Sequence[float]] | None = None, f0: float = 0.01, **_: object) -> None:
-        h, w = (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
-        if not components:
-            raise ValueError("components is empty: a mixture needs at least one component "
-                             "(each with weight, mean, variance, alpha)")
+                 color_basis: Sequence[Sequence[float]] | None = None, f0: float = 0.01) -> None:
+        h, w = image_size(resolution)
+        if isinstance(components, (str, bytes)) or not isinstance(components, Sequence) or not components:
+            raise SettingError("components", components, "need a list of one or more components (each with weight, "
+                               "mean, variance, alpha)")
         for i, comp in enumerate(components):
-            missing = sorted({"weight", "mean", "variance", "alpha"} - set(comp))
-            if missing:
-                raise ValueError(f"components[{i}] lacks {missing}; each component needs weight, mean, variance, "
-                                 f"alpha")
-        weights = torch.tensor([float(c["weight"]) for c in components], dtype=torch.float64)
-        if not bool((weights > 0).all()) or not math.isfinite(float(weights.sum())):
-            raise ValueError(f"component weights {weights.tolist()} are not valid: need finite values > 0")
-        channels = len(components[0]["variance"])
+            if not isinstance(comp, Mapping):
+                raise SettingError(f"components[{i}]", comp, f"need a mapping with the keys {', '.join(COMPONENT_KEYS)}")
+            check_keys(comp, COMPONENT_KEYS, f"components[{i}]", required=COMPONENT_KEYS)
+        weights = torch.tensor([real(f"components[{i}].weight", c["weight"], 0.0, low_open=True)
+                                for i, c in enumerate(components)], dtype=torch.float64)
+        if not math.isfinite(float(weights.sum())):
+            raise SettingError("components", [c["weight"] for c in components], "need weights with a finite sum")
+        channels = len(reals("components[0].variance", components[0]["variance"]))
         super().__init__(sample_shape=(channels, h, w))
         # each component's covariance is a zero-mean GaussianPrior; its mean is held here, as an image
-        self.covariances = torch.nn.ModuleList(
-            GaussianPrior((h, w), mean=[0.0] * channels, variance=c["variance"], alpha=c["alpha"],
-                          color_basis=color_basis, f0=f0) for c in components)
+        covariances = []
+        for i, c in enumerate(components):
+            try:
+                covariances.append(GaussianPrior((h, w), mean=[0.0] * channels, variance=c["variance"],
+                                                 alpha=c["alpha"], color_basis=color_basis, f0=f0))
+            except SettingError as err:  # the shared settings keep their key; a component's get its index
+                raise (err if err.key in ("color_basis", "f0") else err.at(f"components[{i}]")) from None
+        self.covariances = torch.nn.ModuleList(covariances)
         self.register_buffer("means", torch.stack(
             [_mean_image(c["mean"], self.sample_shape, i) for i, c in enumerate(components)]))
         self.register_buffer("log_weights", (weights / weights.sum()).log().float())

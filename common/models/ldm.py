@@ -22,17 +22,18 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ContextManager, Mapping
 
 import torch
 from torch import nn
 
 from common.checkpoints import CheckpointError, load_state_dict, load_strict, require_file
+from common.errors import ConfigError
 from common.models.base import DiffusionModel
-from common.models.ddpm import PRECISIONS
 from common.models.ldm_unet import LDMUNet
 from common.models.precond import vp_denoise
 from common.models.vq_autoencoder import VQModelInterface
+from common.precision import autocast, compute_dtype
 from common.registry import MODELS
 from common.schedules import ddpm_betas
 
@@ -93,14 +94,13 @@ class LatentDiffusion(DiffusionModel):
                  class_label: int | None = None, scale_factor: float = 1.0, linear_start: float = 0.0015,
                  linear_end: float = 0.0195, timesteps: int = 1000, precision: str = "fp32",
                  download: str = "bash download.sh models", name: str | None = None,
-                 allow_random_weights: bool = False, **_: object) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)}")
+                 allow_random_weights: bool = False) -> None:
+        dtype = compute_dtype(precision)
         if (cond_stage_config is None) != (class_label is None):
-            raise ValueError(f"class_label ({class_label}) must be set exactly when cond_stage_config is given "
+            raise ConfigError(f"class_label ({class_label}) must be set exactly when cond_stage_config is given "
                              f"(class-conditional model)")
         if cond_stage_config is not None and not 0 <= class_label < cond_stage_config["n_classes"]:
-            raise ValueError(f"class_label {class_label} out of range; valid: 0 .. "
+            raise ConfigError(f"class_label {class_label} out of range; valid: 0 .. "
                              f"{cond_stage_config['n_classes'] - 1}")
         what = f"model '{name or 'ldm'}'"
         path = None
@@ -120,7 +120,7 @@ class LatentDiffusion(DiffusionModel):
                         if cond_stage_config is not None else None)
         f = vq.downsample_factor
         if resolution % f:
-            raise ValueError(f"resolution {resolution} is not divisible by the autoencoder's factor {f}")
+            raise ConfigError(f"resolution {resolution} is not divisible by the autoencoder's factor {f}")
         super().__init__(sample_shape=(first_stage_config["embed_dim"], resolution // f, resolution // f),
                          image_shape=(3, resolution, resolution), betas=schedule["betas"])
         for key, value in schedule.items():
@@ -131,7 +131,7 @@ class LatentDiffusion(DiffusionModel):
             self.cond_stage_model = nn.ModuleDict({"embedding": embedder})
         self.class_label = class_label
         self.scale_factor = float(scale_factor)
-        self.precision = precision
+        self.precision, self.compute_dtype = precision, dtype
         if path is not None:
             state = load_state_dict(path, what, download, key="state_dict")
             self.to_empty(device="cpu")  # storage for the weights read next; no random initialisation
@@ -155,9 +155,8 @@ class LatentDiffusion(DiffusionModel):
     def unet(self) -> LDMUNet:
         return self.model.diffusion_model
 
-    def _autocast(self, device: torch.device) -> torch.autocast:
-        dtype = PRECISIONS[self.precision]
-        return torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None)
+    def _autocast(self, device: torch.device) -> ContextManager:
+        return autocast(device, self.compute_dtype)
 
     def context(self, batch: int, device: torch.device) -> torch.Tensor | None:
         """Cross-attention context c = Embed(class_label), shape (batch, 1, embed_dim); None if unconditional."""

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import ConfigError
 from common.models.adm_unet import ADMUNet, AttentionBlock, ResBlock, timestep_embedding
 
 
@@ -124,13 +125,13 @@ class LDMUNet(ADMUNet):
                  num_head_channels: int = -1, use_spatial_transformer: bool = False, transformer_depth: int = 1,
                  context_dim: int | None = None, dropout: float = 0.0) -> None:
         if (num_heads == -1) == (num_head_channels == -1):
-            raise ValueError(f"set exactly one of num_heads ({num_heads}) and num_head_channels "
+            raise ConfigError(f"set exactly one of num_heads ({num_heads}) and num_head_channels "
                              f"({num_head_channels}); the other must be -1")
         if channel_mult[0] != 1:
-            raise ValueError(f"channel_mult must start with 1 (the first conv has model_channels outputs), "
+            raise ConfigError(f"channel_mult must start with 1 (the first conv has model_channels outputs), "
                              f"got {list(channel_mult)}")
         if use_spatial_transformer != (context_dim is not None):
-            raise ValueError(f"context_dim ({context_dim}) must be given exactly when use_spatial_transformer "
+            raise ConfigError(f"context_dim ({context_dim}) must be given exactly when use_spatial_transformer "
                              f"({use_spatial_transformer}) is set")
         super().__init__(in_channels, model_channels, out_channels, num_res_blocks,
                          attention_ds=tuple(attention_resolutions), channel_mult=tuple(channel_mult),
@@ -147,7 +148,7 @@ class LDMUNet(ADMUNet):
         """ε̂ at (possibly fractional) ``timesteps`` (shape (B,) or one for the batch); ``context`` (B, M, C_c)."""
         timesteps = torch.as_tensor(timesteps, device=x.device).reshape(-1)
         if timesteps.numel() not in (1, x.shape[0]):
-            raise ValueError(f"timesteps must hold 1 or batch-size ({x.shape[0]}) values, got {timesteps.numel()}")
+            raise ConfigError(f"timesteps must hold 1 or batch-size ({x.shape[0]}) values, got {timesteps.numel()}")
         emb = self.time_embed(timestep_embedding(timesteps, self.model_channels).to(self.time_embed[0].weight.dtype))
 
         def run(block: nn.Sequential, h: torch.Tensor) -> torch.Tensor:

@@ -31,6 +31,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import socket
+import urllib.parse
 import warnings
 from typing import Any
 
@@ -38,13 +40,19 @@ import torch
 import torch.nn.functional as F
 
 from common.checkpoints import CheckpointError, missing_checkpoint_message
+from common.errors import ConfigError
 from common.models.base import DiffusionModel, sigma_like
+from common.precision import autocast, compute_dtype
 from common.registry import MODELS
 from common.schedules import ddpm_betas
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 _TRUE = {"1", "ON", "YES", "TRUE"}
+#: files every diffusers Stable Diffusion folder has; all in the local cache = a local copy to load offline
+COMPONENT_CONFIGS = ("unet/config.json", "vae/config.json", "text_encoder/config.json",
+                     "tokenizer/tokenizer_config.json", "scheduler/scheduler_config.json")
+#: seconds to wait for a TCP connection to the hub before taking it as unreachable
+HUB_PROBE_TIMEOUT = 3.0
 
 
 def sd_sigma_to_t(sigma: torch.Tensor, beta_start: float, beta_end: float, num_steps: int) -> torch.Tensor:
@@ -68,24 +76,26 @@ class StableDiffusion(DiffusionModel):
 
     def __init__(self, model_id: str, resolution: int = 256, inner_resolution: int = 512,
                  prompt: str = "a natural looking image", guidance_scale: float = 7.5, precision: str = "fp16",
-                 local_files_only: bool | None = None, config_name: str = "stable_diffusion",
-                 **_: object) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision={precision!r} is not valid; choose one of {sorted(PRECISIONS)}")
+                 local_files_only: bool | None = None, config_name: str = "stable_diffusion") -> None:
+        dtype = compute_dtype(precision)
         if precision != "fp32" and not torch.cuda.is_available():
             warnings.warn(f"Stable Diffusion: precision={precision} needs CUDA; running in fp32 on the CPU")
         offline = hub_offline() if local_files_only is None else local_files_only
+        if not offline and not _looks_local(model_id) and not hub_reachable():
+            offline = True  # no hub: from_pretrained would spend about a minute in retries before failing
+        if offline and not _looks_local(model_id):
+            _require_cached(model_id, config_name)  # at once, before diffusers is even imported
         unet, vae, text_encoder, tokenizer, schedule = _load_components(model_id, config_name, offline)
 
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         if inner_resolution % factor:
-            raise ValueError(f"inner_resolution={inner_resolution} must be a multiple of the VAE's "
+            raise ConfigError(f"inner_resolution={inner_resolution} must be a multiple of the VAE's "
                              f"down-sampling factor {factor}")
         if schedule["beta_schedule"] != "scaled_linear":
-            raise ValueError(f"beta_schedule={schedule['beta_schedule']!r} of '{model_id}' is not supported; "
+            raise ConfigError(f"beta_schedule={schedule['beta_schedule']!r} of '{model_id}' is not supported; "
                              f"valid: scaled_linear (Stable Diffusion's)")
         if schedule["prediction_type"] not in PREDICTION_TYPES:
-            raise ValueError(f"prediction_type={schedule['prediction_type']!r} of '{model_id}' is not supported; "
+            raise ConfigError(f"prediction_type={schedule['prediction_type']!r} of '{model_id}' is not supported; "
                              f"valid: {', '.join(PREDICTION_TYPES)}")
         num_steps = schedule["num_train_timesteps"]
         super().__init__(sample_shape=(unet.config.in_channels, inner_resolution // factor,
@@ -97,7 +107,7 @@ class StableDiffusion(DiffusionModel):
         self.vae = vae.eval().requires_grad_(False)
         self.resolution, self.inner_resolution = resolution, inner_resolution
         self.prompt, self.guidance_scale = prompt, float(guidance_scale)
-        self.compute_dtype = PRECISIONS[precision]
+        self.compute_dtype = dtype
         self.latent_scale = float(vae.config.scaling_factor)
         self.prediction_type = schedule["prediction_type"]
         self.num_train_timesteps = num_steps
@@ -109,9 +119,7 @@ class StableDiffusion(DiffusionModel):
     # ------------------------------------------------------------------ network
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager:
         """fp16/bf16 autocast on CUDA; a no-op for fp32 and on the CPU."""
-        if device.type != "cuda" or self.compute_dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.compute_dtype)
+        return autocast(device, self.compute_dtype, cuda_only=True)
 
     def guided_eps(self, x: torch.Tensor, timesteps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
         """ε̂(x, t) = ε(x, t, ∅) + w (ε(x, t, c) − ε(x, t, ∅)) at the network input x (VP-scaled latent).
@@ -188,6 +196,31 @@ def _load_components(model_id: str, config_name: str, local_files_only: bool) ->
     return unet, vae, text_encoder, tokenizer, dict(schedule)
 
 
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether the Hugging Face endpoint (``$HF_ENDPOINT``, default https://huggingface.co) accepts a TCP
+    connection within ``timeout`` seconds (one probe; no request is sent)."""
+    from huggingface_hub.constants import ENDPOINT
+
+    url = urllib.parse.urlsplit(ENDPOINT)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _require_cached(model_id: str, config_name: str) -> None:
+    """A :class:`CheckpointError` at once when a component config of ``model_id`` is not in the local cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    missing = [name for name in COMPONENT_CONFIGS if not isinstance(try_to_load_from_cache(model_id, name), str)]
+    if missing:
+        reason = ("HF_HUB_OFFLINE is set" if hub_offline() else "the Hugging Face hub cannot be reached")
+        raise CheckpointError(_missing_message(model_id, config_name, True, FileNotFoundError(
+            f"{reason}, and the local cache lacks {', '.join(missing)}")))
+
+
 def _looks_local(model_id: str) -> bool:
     """A filesystem path rather than a hub id ``owner/name``."""
     return model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1 or os.path.exists(model_id)
@@ -203,7 +236,7 @@ def _missing_message(model_id: str, config_name: str, local_files_only: bool, er
     from huggingface_hub.constants import HF_HUB_CACHE
 
     where = "the local cache only (offline)" if local_files_only else "the Hugging Face hub and the local cache"
-    return (missing_checkpoint_message(model_id, what, f"hf download {model_id}")
+    return (missing_checkpoint_message(model_id, what, f"hf download {model_id}", key="model.model_id")
             + f" Looked in {where}; the cache ($HF_HOME/hub) is {HF_HUB_CACHE}. With internet access and "
             f"HF_HUB_OFFLINE unset, `from_pretrained` downloads it on first use. ({type(err).__name__}: {err})")
 

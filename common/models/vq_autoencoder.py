@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import ConfigError
+
 #: CompVis ``ddconfig`` keys; the last three must keep the values the public f4 models use
 DDCONFIG_KEYS = ("in_channels", "out_ch", "ch", "ch_mult", "num_res_blocks", "z_channels", "resolution",
                  "double_z", "attn_resolutions", "dropout")
@@ -218,10 +220,10 @@ def _check_ddconfig(ddconfig: Mapping[str, Any]) -> dict[str, Any]:
     unknown = sorted(set(cfg) - set(DDCONFIG_KEYS))
     missing = [k for k in DDCONFIG_KEYS[:6] if k not in cfg]
     if unknown or missing:
-        raise ValueError(f"ddconfig: unknown keys {unknown}, missing keys {missing}; valid: {', '.join(DDCONFIG_KEYS)}")
+        raise ConfigError(f"ddconfig: unknown keys {unknown}, missing keys {missing}; valid: {', '.join(DDCONFIG_KEYS)}")
     if cfg.get("double_z", False):
-        raise ValueError("ddconfig double_z=True (a KL autoencoder) is not supported; the VQ models use false")
+        raise ConfigError("ddconfig double_z=True (a KL autoencoder) is not supported; the VQ models use false")
     if list(cfg.get("attn_resolutions", [])):
-        raise ValueError(f"ddconfig attn_resolutions={list(cfg['attn_resolutions'])} is not supported; the f4 VQ "
+        raise ConfigError(f"ddconfig attn_resolutions={list(cfg['attn_resolutions'])} is not supported; the f4 VQ "
                          "models use [] (only the middle attention blocks)")
     return cfg

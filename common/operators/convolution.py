@@ -3,14 +3,16 @@
     (A x)_{b,c}[i, j] = Σ_{u,v} k_b[u, v] · pad(x_{b,c})[i + u, j + v],   pad = reflect by k//2
 
 The same kernel acts on every channel (no flip: PyTorch ``conv2d`` is a correlation); each sample may
-carry its own kernel. The output keeps the input size.
+carry its own kernel. The output keeps the input size. A separable kernel k[u, v] = g[u]·g[v] makes the map
+A X = M X Mᵀ per channel with the 1-D matrix M of :func:`reflect_correlation_matrix`.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from common.operators._checks import odd_kernel_fits, positive_int
+from common.errors import image_side
+from common.operators._checks import odd_kernel_fits
 from common.operators.base import LinearOperator
 from common.operators.noise import NoiseModel
 
@@ -29,6 +31,21 @@ def reflect_correlate(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     return out.reshape(batch, channels, height, width)
 
 
+def reflect_correlation_matrix(taps: torch.Tensor, size: int) -> torch.Tensor:
+    """M (size × size), float64: 1-D correlation with ``taps`` (odd length k) after reflect padding by r = k//2.
+
+        (M x)[i] = Σ_u taps[u] · x[reflect(i + u − r)],   reflect(−j) = j,  reflect(size − 1 + j) = size − 1 − j
+
+    (PyTorch's ``reflect`` mode: the edge pixel is not repeated), the taps of reflected indices added up.
+    """
+    radius = taps.shape[0] // 2
+    index = torch.arange(size)[:, None] + torch.arange(-radius, radius + 1)[None, :]
+    index = torch.where(index < 0, -index, index)
+    index = torch.where(index >= size, 2 * (size - 1) - index, index)
+    matrix = torch.zeros(size, size, dtype=torch.float64)
+    return matrix.scatter_add_(1, index, taps.double().expand(size, -1).contiguous())
+
+
 class ReflectBlur(LinearOperator):
     """y = k ⋆ x + n with :func:`reflect_correlate`; subclasses say where k comes from (:meth:`blur_kernel`).
 
@@ -37,7 +54,7 @@ class ReflectBlur(LinearOperator):
 
     def __init__(self, noise: NoiseModel, resolution: int, kernel_size: int) -> None:
         super().__init__(noise)
-        self.resolution = positive_int("resolution", resolution)
+        self.resolution = image_side("resolution", resolution)
         self.kernel_size = odd_kernel_fits(kernel_size, self.resolution)
 
     def blur_kernel(self) -> torch.Tensor:  # pragma: no cover - abstract

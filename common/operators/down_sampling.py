@@ -10,14 +10,17 @@ Row j of R holds the taps of Keys' cubic kernel (a = −0.5) stretched by f (ant
 
 normalised to sum to one over the 4f inputs it touches. Indices outside [0, n) are folded back by
 half-sample symmetric reflection (−1 → 0, −2 → 1, n → n − 1), their weight added to the reflected pixel.
-Being linear, A has the exact adjoint Aᵀy = Rᵀ y R and the pseudo-inverse A⁺y = R⁺ y R⁺ᵀ.
+Being linear, A has the exact adjoint Aᵀy = Rᵀ y R and the pseudo-inverse A⁺y = R⁺ y R⁺ᵀ; with R = U_R S_R V_Rᵀ
+its SVD is the Kronecker product A = (U_R ⊗ U_R)(S_R ⊗ S_R)(V_R ⊗ V_R)ᵀ (:class:`~common.operators.linalg.KroneckerSVD`,
+factored from the stored float32 R, so it is exact for the map :meth:`DownSampling.forward` applies).
 """
 from __future__ import annotations
 
 import torch
 
+from common.errors import SettingError, image_side
 from common.operators._checks import positive_int
-from common.operators.base import LinearOperator
+from common.operators.base import SeparableOperator
 from common.operators.noise import NoiseModel
 from common.registry import OPERATORS
 
@@ -46,20 +49,22 @@ def resize_matrix(size: int, factor: int) -> torch.Tensor:
 
 
 @OPERATORS.register("down_sampling")
-class DownSampling(LinearOperator):
+class DownSampling(SeparableOperator):
     """y = R x Rᵀ + n: bicubic antialiased downsampling of a square image by an integer factor."""
 
     def __init__(self, noise: NoiseModel, resolution: int, scale_factor: int = 4) -> None:
         super().__init__(noise)
-        resolution = positive_int("resolution", resolution)
+        resolution = image_side("resolution", resolution)
         scale_factor = positive_int("scale_factor", scale_factor)
-        if resolution % scale_factor:
-            raise ValueError(f"resolution {resolution} is not divisible by scale_factor {scale_factor}; "
-                             f"valid resolutions are multiples of {scale_factor}")
+        if resolution % scale_factor or resolution < 2 * scale_factor:
+            # the 4f cubic taps of an output pixel reach at most one reflection beyond the border iff n >= 2f
+            raise SettingError("scale_factor", scale_factor, f"need a divisor of the resolution {resolution} "
+                               f"(data.resolution) that is at most {resolution // 2}")
         self.resolution, self.scale_factor = resolution, scale_factor
         matrix = resize_matrix(resolution, scale_factor)
         self.register_buffer("matrix", matrix.float())
         self.register_buffer("matrix_pinv", torch.linalg.pinv(matrix).float())
+        self.set_separable_map(self.matrix)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """A x = R x Rᵀ (width first, then height, as the reference)."""

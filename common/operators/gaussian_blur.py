@@ -8,20 +8,25 @@ The kernel is the reference's ``scipy.ndimage.gaussian_filter`` (σ = ``intensit
 where ``fold`` adds the taps falling outside the k×k window back by half-sample reflection (nothing
 folds when 2r + 1 ≤ k, e.g. 25 taps inside 61). It is computed in float64 and stored as float32; the blur
 itself is :func:`~common.operators.convolution.reflect_correlate`. The adjoint is autograd's VJP.
+
+The kernel is separable, so A X = M X Mᵀ per channel with M the 1-D reflect-padded correlation with g
+(:func:`~common.operators.convolution.reflect_correlation_matrix`) and A = M ⊗ M has the Kronecker SVD of M
+(:class:`~common.operators.linalg.KroneckerSVD`). It is exact for the float64 kernel g gᵀ; the stored float32
+kernel is its rounding (not exactly rank one), so in float32 the two agree to float32 precision.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 
-from common.operators.convolution import ReflectBlur
+from common.errors import real
+from common.operators.base import SeparableOperator
+from common.operators.convolution import ReflectBlur, reflect_correlation_matrix
 from common.operators.noise import NoiseModel
 from common.registry import OPERATORS
 
 
-def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
-    """The (size, size) float64 Gaussian kernel described in the module docstring."""
+def gaussian_profile(size: int, sigma: float) -> torch.Tensor:
+    """The (size,) float64 folded 1-D profile g of the module docstring."""
     radius = int(4.0 * sigma + 0.5)
     offsets = torch.arange(-radius, radius + 1, dtype=torch.float64)
     taps = torch.exp(-0.5 / (sigma * sigma) * offsets**2)
@@ -30,20 +35,25 @@ def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
     positions = torch.arange(size)[:, None] + offsets.long()[None, :]
     positions = positions % (2 * size)
     positions = torch.where(positions >= size, 2 * size - 1 - positions, positions)
-    profile = ((positions == size // 2) * taps).sum(dim=1)
+    return ((positions == size // 2) * taps).sum(dim=1)
+
+
+def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
+    """The (size, size) float64 Gaussian kernel k = g gᵀ described in the module docstring."""
+    profile = gaussian_profile(size, sigma)
     return torch.outer(profile, profile)
 
 
 @OPERATORS.register("gaussian_blur")
-class GaussianBlur(ReflectBlur):
+class GaussianBlur(ReflectBlur, SeparableOperator):
     """y = k ⋆ x + n, k the Gaussian kernel of std ``intensity`` in a ``kernel_size`` window."""
 
     def __init__(self, noise: NoiseModel, resolution: int, kernel_size: int = 61, intensity: float = 3.0) -> None:
         super().__init__(noise, resolution, kernel_size)
-        if not (isinstance(intensity, (int, float)) and math.isfinite(intensity) and intensity > 0):
-            raise ValueError(f"intensity (the Gaussian std in pixels) must be > 0, got {intensity!r}")
-        self.intensity = float(intensity)
+        self.intensity = real("intensity", intensity, 0.0, low_open=True)  # the Gaussian std in pixels
         self.register_buffer("kernel", gaussian_kernel(self.kernel_size, self.intensity).float())
+        self.set_separable_map(reflect_correlation_matrix(gaussian_profile(self.kernel_size, self.intensity),
+                                                          self.resolution))
 
     def blur_kernel(self) -> torch.Tensor:
         return self.kernel

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from common.operators._checks import positive_int
+from common.errors import image_side, real
 from common.operators.base import Operator
 from common.operators.noise import NoiseModel
 from common.registry import OPERATORS
@@ -19,10 +19,8 @@ class HighDynamicRange(Operator):
 
     def __init__(self, noise: NoiseModel, resolution: int, scale: float = 2.0) -> None:
         super().__init__(noise)
-        if not scale > 0:
-            raise ValueError(f"scale (the exposure factor) must be > 0, got {scale!r}")
-        self.resolution = positive_int("resolution", resolution)
-        self.scale = float(scale)
+        self.scale = real("scale", scale, 0.0, low_open=True)  # the exposure factor
+        self.resolution = image_side("resolution", resolution)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.scale * x).clamp(-1.0, 1.0)

@@ -1,7 +1,10 @@
 """Inpainting: y = m ⊙ x + n with a binary mask m (1 = observed), the same for every channel.
 
 Missing pixels become 0 (mid-grey in [−1, 1]). A is an orthogonal projection, so Aᵀ = A⁺ = A:
-Aᵀy = A⁺y = m ⊙ y. The mask is per-image state drawn from that image's generator:
+Aᵀy = A⁺y = m ⊙ y. Its SVD is diagonal (U = I on the observed pixels, s = m, V = I), which gives the proximal map
+prox_γ(x, y) = (m ⊙ y + γx) / (m + γ) (x on the missing pixels, also for γ = 0).
+
+The mask is per-image state drawn from that image's generator, installed as (B, 1, n, n):
 
 * ``box``: an h×w hole (h, w drawn uniformly from ``mask_len_range`` = [lo, hi), 128×128 in the papers)
   whose top-left corner is uniform in [margin, n − margin − h) × [margin, n − margin − w), margin = n/8
@@ -15,8 +18,10 @@ from typing import Sequence
 
 import torch
 
-from common.operators._checks import positive_int, require_state
-from common.operators.base import LinearOperator
+from common.errors import SettingError, image_side, one_of
+from common.operators._checks import int_range, real_range, require_state
+from common.operators.base import SVDOperator
+from common.operators.linalg import DiagonalSVD
 from common.operators.noise import NoiseModel
 from common.registry import OPERATORS
 
@@ -34,26 +39,22 @@ def _uniform(low: float, high: float, generator: torch.Generator) -> float:
 
 
 @OPERATORS.register("inpainting")
-class Inpainting(LinearOperator):
+class Inpainting(SVDOperator):
     """y = m ⊙ x + n with a per-image box or random-pixel mask m."""
 
     def __init__(self, noise: NoiseModel, resolution: int, mask_type: str = "box",
                  mask_len_range: Sequence[int] = (128, 129),
                  mask_prob_range: Sequence[float] = (0.70, 0.71)) -> None:
         super().__init__(noise)
-        self.resolution = positive_int("resolution", resolution)
-        if mask_type not in MASK_TYPES:
-            raise ValueError(f"unknown mask_type {mask_type!r}; valid: {', '.join(MASK_TYPES)}")
-        self.mask_type = mask_type
+        self.resolution = image_side("resolution", resolution)
+        self.mask_type = one_of("mask_type", mask_type, MASK_TYPES)
         self.margin = self.resolution // 8
-        lo, hi = (int(v) for v in mask_len_range)
-        if mask_type == "box" and not (1 <= lo < hi and hi - 1 < self.resolution - 2 * self.margin):
-            raise ValueError(f"mask_len_range {list(mask_len_range)} does not fit resolution {self.resolution}: "
-                             f"need 1 <= lo < hi and hi - 1 < {self.resolution - 2 * self.margin} "
-                             f"(the image minus a {self.margin}-px margin on each side)")
-        p_lo, p_hi = (float(v) for v in mask_prob_range)
-        if mask_type == "random" and not 0.0 <= p_lo <= p_hi <= 1.0:
-            raise ValueError(f"mask_prob_range {list(mask_prob_range)} must satisfy 0 <= lo <= hi <= 1")
+        lo, hi = int_range("mask_len_range", mask_len_range)
+        if mask_type == "box" and not hi - 1 < self.resolution - 2 * self.margin:
+            raise SettingError("mask_len_range", list(mask_len_range), f"does not fit resolution "
+                               f"{self.resolution}: need hi - 1 < {self.resolution - 2 * self.margin} (the image "
+                               f"minus a {self.margin}-px margin on each side)")
+        p_lo, p_hi = real_range("mask_prob_range", mask_prob_range, 0.0, 1.0)
         self.mask_len_range = (lo, hi)
         self.mask_prob_range = (p_lo, p_hi)
 
@@ -75,6 +76,14 @@ class Inpainting(LinearOperator):
             mask = mask.view(n, n)
         return {"mask": mask[None]}
 
+    def state_problems(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """The mask m must be binary (1 = observed, 0 = missing)."""
+        mask = state["mask"]
+        if mask.dtype != torch.bool and not bool(((mask == 0) | (mask == 1)).all()):
+            return [f"'mask' must hold only 0 and 1 (1 = observed), got values in "
+                    f"[{float(mask.min()):g}, {float(mask.max()):g}]"]
+        return []
+
     def mask(self, like: torch.Tensor) -> torch.Tensor:
         """The installed mask m as a float tensor broadcastable to ``like``."""
         return require_state(self, "mask").to(device=like.device, dtype=like.dtype)
@@ -89,6 +98,10 @@ class Inpainting(LinearOperator):
     def pinv(self, y: torch.Tensor) -> torch.Tensor:
         """A⁺ y = m ⊙ y (A is an orthogonal projection, so A⁺ = A)."""
         return self.forward(y)
+
+    def svd(self, channels: int = 3, dtype: torch.dtype = torch.float32) -> DiagonalSVD:
+        """A = diag(m) for the installed masks: V = I, s = m per sample (B or 1, C·n·n), U = I on observed pixels."""
+        return DiagonalSVD(require_state(self, "mask").to(dtype), (channels, self.resolution, self.resolution))
 
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
         return tuple(y.shape)

@@ -4,12 +4,14 @@ k is drawn per image from that image's generator by :func:`~common.operators.mot
 (the reference's trajectory algorithm, our seeded draws) and is operator *state*: ``draw_state`` returns
 {"kernel": (k, k)}, ``set_state`` installs a batch (B, k, k), and the kernels are saved with the results.
 The blur is :func:`~common.operators.convolution.reflect_correlate` (reflect padding k//2, no kernel flip).
-The adjoint is autograd's VJP.
+The adjoint is autograd's VJP. A random kernel is not separable: there is no closed-form SVD, and A⁺ and the
+proximal map are the conjugate-gradient solves of :class:`~common.operators.base.LinearOperator`.
 """
 from __future__ import annotations
 
 import torch
 
+from common.errors import real
 from common.operators._checks import require_state
 from common.operators.convolution import ReflectBlur
 from common.operators.motion_kernel import TorchRandomSource, motion_kernel
@@ -23,13 +25,21 @@ class MotionBlur(ReflectBlur):
 
     def __init__(self, noise: NoiseModel, resolution: int, kernel_size: int = 61, intensity: float = 0.5) -> None:
         super().__init__(noise, resolution, kernel_size)
-        if not 0.0 <= intensity <= 1.0:
-            raise ValueError(f"intensity (shake strength) must lie in [0, 1], got {intensity!r}")
-        self.intensity = float(intensity)
+        self.intensity = real("intensity", intensity, 0.0, 1.0)  # shake strength
 
     def draw_state(self, generator: torch.Generator) -> dict[str, torch.Tensor]:
         """{"kernel": float32 (k, k), non-negative, sums to 1} for one image."""
         return {"kernel": motion_kernel(self.kernel_size, self.intensity, TorchRandomSource(generator))}
+
+    def state_problems(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """The kernel k must be a blur: k ≥ 0 and Σ k = 1 (to float32 rounding, |Σ k − 1| ≤ 1e-4)."""
+        kernel = state["kernel"].double()
+        problems = []
+        if bool((kernel < 0).any()):
+            problems.append(f"'kernel' has negative entries (min {float(kernel.min()):g}); a blur kernel is >= 0")
+        if abs(float(kernel.sum()) - 1.0) > 1e-4:
+            problems.append(f"'kernel' sums to {float(kernel.sum()):g}; a blur kernel sums to 1")
+        return problems
 
     def blur_kernel(self) -> torch.Tensor:
         return require_state(self, "kernel")

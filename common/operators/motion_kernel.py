@@ -25,6 +25,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from common.errors import ConfigError
+
 EPS = 0.1
 
 
@@ -53,7 +55,7 @@ class TorchRandomSource:
     def beta(self, a: float, b: float) -> float:
         """Beta(a, b) for integer shapes: the a-th smallest of a + b − 1 uniforms (an exact identity)."""
         if int(a) != a or int(b) != b or a < 1 or b < 1:
-            raise ValueError(f"TorchRandomSource.beta needs integer shapes >= 1, got ({a}, {b})")
+            raise ConfigError(f"TorchRandomSource.beta needs integer shapes >= 1, got ({a}, {b})")
         return float(self._rand(int(a + b) - 1).sort().values[int(a) - 1])
 
     def triangular(self, left: float, mode: float, right: float) -> float:

@@ -6,6 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from common.errors import real
 from common.random import randn
 from common.registry import NOISES
 
@@ -23,9 +24,7 @@ class GaussianNoise(NoiseModel):
 
     def __init__(self, sigma: float) -> None:
         super().__init__()
-        if sigma < 0:
-            raise ValueError(f"noise sigma must be >= 0, got {sigma}")
-        self.sigma = float(sigma)
+        self.sigma = real("sigma", sigma, 0.0)
 
     def forward(self, clean: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         if self.sigma == 0:
@@ -45,9 +44,7 @@ class PoissonNoise(NoiseModel):
 
     def __init__(self, rate: float) -> None:
         super().__init__()
-        if rate is None or not rate > 0:
-            raise ValueError(f"poisson noise rate must be > 0, got {rate!r}")
-        self.rate = float(rate)
+        self.rate = real("rate", rate, 0.0, low_open=True)
 
     def forward(self, clean: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         intensity = ((clean + 1.0) / 2.0).clamp(0.0, 1.0) * (255.0 * self.rate)

@@ -11,10 +11,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from common.operators._checks import positive_int
+from common.errors import image_side, real
 from common.operators.base import Operator
 from common.operators.noise import NoiseModel
 from common.registry import OPERATORS
+
+
+#: the largest oversampling accepted: padding p = n on every side, measurements of 3n × 3n
+MAX_OVERSAMPLE = 8.0
 
 
 @OPERATORS.register("phase_retrieval")
@@ -23,10 +27,8 @@ class PhaseRetrieval(Operator):
 
     def __init__(self, noise: NoiseModel, resolution: int, oversample: float = 2.0) -> None:
         super().__init__(noise)
-        self.resolution = positive_int("resolution", resolution)
-        if not oversample >= 0:
-            raise ValueError(f"oversample must be >= 0, got {oversample!r}")
-        self.oversample = float(oversample)
+        self.resolution = image_side("resolution", resolution)
+        self.oversample = real("oversample", oversample, 0.0, MAX_OVERSAMPLE)
         self.pad = int(self.oversample / 8.0 * self.resolution)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

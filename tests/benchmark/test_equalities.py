@@ -25,7 +25,7 @@ from common.data import build_dataset
 from common.models.ddpm import DDPMModel
 from common.operators import build_operator
 from common.random import make_generator
-from common.registry import SAMPLERS
+from common.sampling import build_sampler
 
 BF16_MIN_PSNR_DB = 40.0  # measured ~55 dB (relative) on this problem
 
@@ -48,14 +48,14 @@ def generators(ids) -> list[torch.Generator]:
 
 
 def daps_sampler(annealing: int = 2, ode: int = 2, mcmc: int = 3, sigma_max: float = 10.0):
-    return SAMPLERS.build("edm_daps",
-                          annealing_scheduler_config={"num_steps": annealing, "sigma_max": sigma_max, "sigma_min": 0.1},
-                          diffusion_scheduler_config={"num_steps": ode, "sigma_min": 0.01},
-                          mcmc_sampler_config={"num_steps": mcmc, "lr": 1e-4, "tau": 0.01, "lr_min_ratio": 0.01})
+    return build_sampler({"name": "edm_daps",
+                          "annealing_scheduler_config": {"num_steps": annealing, "sigma_max": sigma_max, "sigma_min": 0.1},
+                          "diffusion_scheduler_config": {"num_steps": ode, "sigma_min": 0.01},
+                          "mcmc_sampler_config": {"num_steps": mcmc, "lr": 1e-4, "tau": 0.01, "lr_min_ratio": 0.01}})
 
 
 def dps_sampler(steps: int = 3):
-    return SAMPLERS.build("dps", num_steps=steps, dps={"method": "ps", "scale": 0.3})
+    return build_sampler({"name": "dps", "num_steps": steps, "method": "ps", "scale": 0.3})
 
 
 def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, rel: float) -> None:
@@ -75,8 +75,8 @@ def relative_psnr(x: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 def test_batched_equals_unbatched(make_sampler, rel):
     model, sampler = adm_small(), make_sampler()
     op, y = problem(2)
-    batched = sampler.sample(model, op, y, generators=generators(range(2)))
-    single = torch.cat([sampler.sample(model, op, y[i:i + 1], generators=generators([i])) for i in range(2)])
+    batched = sampler.sample(model, op, y, generators=generators(range(2))).samples
+    single = torch.cat([sampler.sample(model, op, y[i:i + 1], generators=generators([i])).samples for i in range(2)])
     assert_close_relative(single, batched, rel)
     # and the items really differ (each its own image and generator)
     assert (batched[0] - batched[1]).abs().max() > 1e-2
@@ -84,9 +84,9 @@ def test_batched_equals_unbatched(make_sampler, rel):
 
 def test_channels_last_equals_default():
     op, y = problem(2)
-    eager = daps_sampler(annealing=2).sample(adm_small(), op, y, generators=generators(range(2)))
+    eager = daps_sampler(annealing=2).sample(adm_small(), op, y, generators=generators(range(2))).samples
     fast = daps_sampler(annealing=2).sample(accelerate(adm_small(), channels_last=True), op, y,
-                                            generators=generators(range(2)))
+                                            generators=generators(range(2))).samples
     assert_close_relative(fast, eager, 1e-4)
 
 
@@ -106,7 +106,8 @@ def test_accelerate_refuses_bad_mode_and_double_compile():
 
 def test_bf16_stays_within_stated_psnr_of_fp32_on_the_demo():
     op, y = problem(2)
-    out = {p: daps_sampler(annealing=4, mcmc=3).sample(adm_small(precision=p), op, y, generators=generators(range(2)))
+    out = {p: daps_sampler(annealing=4, mcmc=3).sample(adm_small(precision=p), op, y,
+                                                       generators=generators(range(2))).samples
            for p in ("fp32", "bf16")}
     psnr = relative_psnr(out["bf16"], out["fp32"])
     assert (psnr > BF16_MIN_PSNR_DB).all(), psnr
@@ -139,7 +140,7 @@ def test_compile_equals_eager(make_sampler):
     op, y = problem(2, resolution=16)
     eager_model = tiny_adm()
     compiled_model = accelerate(tiny_adm(), compile=True)
-    eager = make_sampler().sample(eager_model, op, y, generators=generators(range(2)))
-    compiled = make_sampler().sample(compiled_model, op, y, generators=generators(range(2)))
+    eager = make_sampler().sample(eager_model, op, y, generators=generators(range(2))).samples
+    compiled = make_sampler().sample(compiled_model, op, y, generators=generators(range(2))).samples
     assert "tweedie" in vars(compiled_model)  # the compiled method was the one called
     assert_close_relative(compiled, eager, 1e-4)

@@ -11,7 +11,7 @@ from conftest import REPO
 TINY = [
     "data.resolution=16", "data.end_id=2", "batch_size=3", "num_runs=2",
     "sampler.annealing_scheduler_config.num_steps=4", "sampler.diffusion_scheduler_config.num_steps=2",
-    "task.pixel.mcmc_sampler_config.num_steps=3", "eval_fn_list=[psnr,ssim]", "show_progress=false",
+    "task.gaussian.mcmc_sampler_config.num_steps=3", "eval_fn_list=[psnr,ssim]", "show_progress=false",
     "trajectory_points=3",
 ]
 

@@ -46,7 +46,7 @@ def test_run_directory_layout_and_metrics(tmp_path):
     assert metrics["summary"]["psnr"]["mean"] > 5
     assert "| **all** |" in (run_dir / "eval.md").read_text()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert saved["data"]["resolution"] == 16 and saved["task"]["pixel"]["operator"]["resolution"] == 16
+    assert saved["data"]["resolution"] == 16 and saved["task"]["gaussian"]["operator"]["resolution"] == 16
 
 
 def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):
@@ -88,7 +88,8 @@ def test_resume_skips_finished_samples_and_refuses_other_config(tmp_path, capsys
     (["task_group=ldm"], r"task_group='ldm' does not fit model"),
     (["batch_size=0"], r"batch_size=0 is not valid"),
     (["eval_fn_list=[psnr,fid2]"], r"eval_fn_list=.*fid2.*psnr, ssim, lpips"),
-    (["task.pixel.mcmc_sampler_config.mc_algo=gibbs"], r"mc_algo='gibbs' is not valid; valid: langevin, hmc, mh"),
+    (["task.gaussian.mcmc_sampler_config.mc_algo=gibbs"],
+     r"sampler\.mcmc_sampler_config\.mc_algo='gibbs' is not valid: choose one of langevin, hmc, mh"),
 ])
 def test_bad_input_stops_before_sampling(tmp_path, overrides, message):
     with pytest.raises(posterior_sample.ConfigError, match=message):
@@ -106,7 +107,7 @@ def test_unknown_group_option_lists_valid_ones():
 def test_subprocess_readme_spelling_and_multirun(tmp_path):
     args = [sys.executable, "posterior_sample.py", "+data=demo", "+task=down_sampling", "+sampler=edm_daps",
             "+model=demo", "data.resolution=16", "data.end_id=1", "sampler.annealing_scheduler_config.num_steps=2",
-            "task.pixel.mcmc_sampler_config.num_steps=2", "eval_fn_list=[psnr]", "show_progress=false",
+            "task.gaussian.mcmc_sampler_config.num_steps=2", "eval_fn_list=[psnr]", "show_progress=false",
             f"save_dir={tmp_path}", "name=sub"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

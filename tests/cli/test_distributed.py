@@ -12,7 +12,7 @@ from common.distributed import Ranks
 from conftest import REPO
 
 TINY = ["data.resolution=16", "data.end_id=3", "num_runs=2", "batch_size=2",
-        "sampler.annealing_scheduler_config.num_steps=3", "task.pixel.mcmc_sampler_config.num_steps=2",
+        "sampler.annealing_scheduler_config.num_steps=3", "task.gaussian.mcmc_sampler_config.num_steps=2",
         "eval_fn_list=[psnr]", "show_progress=false", "save_traj=false"]
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 

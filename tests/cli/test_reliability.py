@@ -19,7 +19,7 @@ from common.validate import validate
 from conftest import REPO
 
 SLOW_RUN = ["+data=demo", "data.resolution=16", "data.end_id=4", "batch_size=1", "num_runs=1",
-            "sampler.annealing_scheduler_config.num_steps=40", "task.pixel.mcmc_sampler_config.num_steps=20",
+            "sampler.annealing_scheduler_config.num_steps=40", "task.gaussian.mcmc_sampler_config.num_steps=20",
             "eval_fn_list=[psnr]", "show_progress=false", "save_traj=false"]
 
 
@@ -80,10 +80,10 @@ def test_unusual_image_files_are_read_or_refused_clearly(tmp_path):
     Image.fromarray(np.zeros((24, 24, 4), np.uint8), "RGBA").save(folder / "b_rgba.png")
     Image.fromarray(np.full((16, 16), 65535, np.uint16)).save(folder / "c_16bit.png")
     (folder / "d_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
-    data = build_dataset("image", root=str(folder), resolution=8)
+    with pytest.raises(ValueError, match=r"1 of 4 image files cannot be used .*\n  d_corrupt.png: not an image"):
+        build_dataset("image", root=str(folder), resolution=8)  # checked before any image is read
+    data = build_dataset("image", root=str(folder), resolution=8, end_id=3)
     gray = data[0][1]
     assert gray.shape == (3, 8, 8) and abs(float(gray.mean()) - (128 / 255 * 2 - 1)) < 1e-3
     assert data[1][1].shape == (3, 8, 8)
     assert float(data[2][1].min()) == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="cannot read image .*d_corrupt.png"):
-        data[3]

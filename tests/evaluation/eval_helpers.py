@@ -67,7 +67,7 @@ def exact_daps(sigma_y: float, num_steps: int = 20, mcmc_steps: int = 30) -> DAP
     """DAPS whose target is exactly the Gaussian posterior: exact prior solver, τ = √2 σ_y."""
     mcmc = {"num_steps": mcmc_steps, "lr": 5e-3, "tau": math.sqrt(2) * sigma_y, "lr_min_ratio": 0.02,
             "prior_solver": "exact", "prior_sigma_min": 0.001, "mc_algo": "langevin"}
-    return DAPS({"num_steps": num_steps, "sigma_max": 10, "sigma_min": 0.05, "timestep": "poly-7"},
+    return DAPS.from_config({"num_steps": num_steps, "sigma_max": 10, "sigma_min": 0.05, "timestep": "poly-7"},
                 {"num_steps": 5, "sigma_min": 0.01}, mcmc)
 
 

@@ -30,9 +30,9 @@ def test_split_operator_config_pops_the_state_options(tmp_path):
     assert params == block and plan == StatePlan(None, True)
     params, plan = split_operator_config({**block, "state": str(tmp_path)})
     assert params == block and plan.path == str(tmp_path) and not plan.shared
-    with pytest.raises(ValueError, match="exclude each other"):
+    with pytest.raises(ValueError, match="excludes operator.shared_state=true"):
         split_operator_config({**block, "state": str(tmp_path), "shared_state": True})
-    with pytest.raises(ValueError, match=r"operator.state='/nowhere/x.pt' does not exist"):
+    with pytest.raises(ValueError, match=r"operator.state='/nowhere/x.pt' is not valid: does not exist"):
         split_operator_config({**block, "state": "/nowhere/x.pt"})
 
 

@@ -7,7 +7,8 @@ import warnings
 import pytest
 import torch
 
-from common import protocol
+from commands import protocol as protocol_cli
+from common import protocol, provenance
 from common.data import IMAGE_SUFFIXES, build_dataset
 from conftest import REPO, SHARED
 
@@ -83,12 +84,12 @@ def test_malformed_list_and_cli(tmp_path, capsys):
     bad.write_text("abc  00000.png\n")
     with pytest.raises(ValueError, match=r"bad.sha256:1: expected '<64 hex digits>  <file name>'"):
         protocol.read_list(bad)
-    assert protocol.main([str(DEMO["demo-imagenet"])]) == 0
+    assert protocol_cli.main([str(DEMO["demo-imagenet"])]) == 0
     assert capsys.readouterr().out == (REPO / "configs" / "data" / "demo-imagenet.sha256").read_text()
-    assert protocol.main([str(tmp_path / "nowhere")]) == 2
+    assert protocol_cli.main([str(tmp_path / "nowhere")]) == 2
 
 
 def test_environment_names_the_versions():
-    env = protocol.environment()
+    env = provenance.environment()
     assert env["packages"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
     assert env["packages"]["piq"] and env["python"].count(".") == 2

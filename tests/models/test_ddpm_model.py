@@ -165,7 +165,7 @@ def test_extra_or_missing_keys_fail_strict_loading(tmp_path: Path, model: DDPMMo
 
 def test_bad_configuration_values(fixture) -> None:
     config = fixture["config"]["create_model_kwargs"]
-    with pytest.raises(ValueError, match="precision 'fp8'"):
+    with pytest.raises(ValueError, match="precision='fp8'"):
         DDPMModel(32, None, config, precision="fp8", allow_random_weights=True)
     with pytest.raises(ValueError, match="model_path"):
         DDPMModel(32, None, {**config, "model_path": "x.pt"}, allow_random_weights=True)

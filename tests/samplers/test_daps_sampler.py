@@ -55,7 +55,7 @@ def gaussian_problem(resolution=4, sigma_y=0.1):
 def daps(num_steps=20, mcmc_steps=30, **mcmc):
     cfg = {"num_steps": mcmc_steps, "lr": 5e-3, "tau": 0.1 * math.sqrt(2), "lr_min_ratio": 0.02,
            "prior_solver": "exact", "prior_sigma_min": 0.001, "mc_algo": "langevin", **mcmc}
-    return DAPS({"num_steps": num_steps, "sigma_max": 10, "sigma_min": 0.05, "timestep": "poly-7"},
+    return DAPS.from_config({"num_steps": num_steps, "sigma_max": 10, "sigma_min": 0.05, "timestep": "poly-7"},
                 {"num_steps": 5, "sigma_min": 0.01}, cfg)
 
 
@@ -64,7 +64,7 @@ def test_daps_recovers_exact_gaussian_posterior_mean(mc_algo):
     prior, op, y, post_mean, post_cov, mu = gaussian_problem()
     n = 256
     samples = daps(mc_algo=mc_algo, momentum=0.5).sample(
-        prior, op, y.expand(n, -1, -1, -1), generators=[make_generator(0, 0, r) for r in range(n)])
+        prior, op, y.expand(n, -1, -1, -1), generators=[make_generator(0, 0, r) for r in range(n)]).samples
     flat = samples.reshape(n, -1).double()
     z = (flat.mean(0) - post_mean) / (post_cov.diag() / n).sqrt()
     assert z.abs().max() < 4.5, f"max |z| = {z.abs().max():.2f}"
@@ -79,10 +79,10 @@ def test_daps_is_deterministic_and_independent_of_batch_size():
     prior, op, y, *_ = gaussian_problem()
     sampler = daps(num_steps=4, mcmc_steps=3)
     gens = lambda: [make_generator(7, i, 0) for i in range(3)]
-    a = sampler.sample(prior, op, y.expand(3, -1, -1, -1), generators=gens())
-    b = sampler.sample(prior, op, y.expand(3, -1, -1, -1), generators=gens())
+    a = sampler.sample(prior, op, y.expand(3, -1, -1, -1), generators=gens()).samples
+    b = sampler.sample(prior, op, y.expand(3, -1, -1, -1), generators=gens()).samples
     assert torch.equal(a, b)
-    single = torch.cat([sampler.sample(prior, op, y, generators=[g]) for g in gens()])
+    single = torch.cat([sampler.sample(prior, op, y, generators=[g]).samples for g in gens()])
     torch.testing.assert_close(single, a, atol=1e-6, rtol=1e-6)
 
 
@@ -92,7 +92,8 @@ def test_divergence_is_reported_per_sample():
     seen = []
     out = sampler.sample(prior, op, y.expand(2, -1, -1, -1), generators=[make_generator(1, i) for i in range(2)],
                          callback=lambda s: seen.append(s["finite"].clone()))
-    assert torch.isnan(out).all()  # diverged chains come back as NaN, not zeros
+    assert torch.isnan(out.samples).all()  # diverged chains come back as NaN, not zeros
+    assert out.failed_at == [0, 0]
     assert not seen[-1].any() and len(seen) == 6
 
 

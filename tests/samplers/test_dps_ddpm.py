@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import load_fixture
 
-from common.operators.base import LinearOperator
+from common.operators.base import LinearOperator, Operator
 from common.operators.noise import GaussianNoise
 from common.schedules import ddpm_betas
 from dps.conditioning import ConditioningMethod, measurement_distance, project
@@ -112,23 +112,22 @@ def test_projection_hits_the_measurement_and_is_idempotent():
 
 
 def test_method_names_and_requirements():
-    with pytest.raises(ValueError, match="valid: vanilla, ps, projection, mcg"):
+    with pytest.raises(ValueError, match="choose one of vanilla, ps, projection, mcg"):
         ConditioningMethod("dps")
-    with pytest.raises(ValueError, match="scale > 0"):
+    with pytest.raises(ValueError, match="step size > 0"):
         ConditioningMethod("ps", 0.0)
     assert ConditioningMethod("vanilla", 0.0).gradient is False
 
-    class Blur(LinearOperator):  # linear, but without a pseudo-inverse
+    class Square(Operator):  # non-linear: no pseudo-inverse
         def forward(self, x):
-            return x
+            return x ** 2
 
     from common.models.gaussian import GaussianPrior
     prior = GaussianPrior(4, [0.0] * 3, [0.1] * 3, [2.0] * 3)
-    y = torch.zeros(1, 3, 4, 4)
     for name in ("projection", "mcg"):
-        with pytest.raises(ValueError, match="pseudo-inverse.*Operators with pinv: .*inpainting"):
-            ConditioningMethod(name, 1.0).check(prior, Blur(GaussianNoise(0.05)), y)
-    ConditioningMethod("mcg", 1.0).check(prior, Mask(torch.ones(1, 1, 4, 4)), y)
+        with pytest.raises(ValueError, match="no pseudo-inverse.*operators with pinv: .*inpainting"):
+            ConditioningMethod(name, 1.0).check_setup(prior, Square(GaussianNoise(0.05)))
+    ConditioningMethod("mcg", 1.0).check_setup(prior, Mask(torch.ones(1, 1, 4, 4)))
 
 
 def test_single_step_schedule_has_a_log_variance_table():

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 import yaml
 from conftest import REPO
 
+from common.errors import SettingError
 from common.models.gaussian import GaussianPrior
 from common.operators.base import LinearOperator
 from common.operators.noise import GaussianNoise
@@ -83,7 +84,7 @@ def test_vanilla_matches_the_exact_law_of_the_chain():
     n = 300
     sampler = DPS(num_steps=50, method="vanilla", clip_denoised=False)
     y = torch.zeros(n, *prior.sample_shape)
-    x = sampler.sample(prior, op, y, generators=generators(n)).double().reshape(n, -1)
+    x = sampler.sample(prior, op, y, generators=generators(n)).samples.double().reshape(n, -1)
     u, m, var = chain_law(prior, sampler.schedule(prior))
     z = (x @ u - m) / var.sqrt()
     d = z.shape[1]
@@ -140,7 +141,7 @@ def test_ps_moves_to_the_exact_posterior():
     results = {}
     for method in ("vanilla", "ps"):
         sampler = DPS(num_steps=50, method=method, scale=0.5, clip_denoised=False)
-        x = sampler.sample(prior, op, y.expand(n, -1, -1, -1), generators=generators(n))
+        x = sampler.sample(prior, op, y.expand(n, -1, -1, -1), generators=generators(n)).samples
         residual = (op(x) - y).flatten(1).norm(dim=1).mean()
         distance = (x.double().reshape(n, -1).mean(0) - post_mean).norm() / (mu - post_mean).norm()
         results[method] = (float(residual), float(distance))
@@ -155,7 +156,7 @@ def test_projection_methods_end_on_the_measurement(method):
     a norm ≈ 0.01 sqrt(M); accepted below 0.02 sqrt(M)."""
     prior, op = demo_prior(), mask_operator()
     y = op.measure(prior.sample([make_generator(4, "truth")]), [make_generator(4, "y")]).expand(3, -1, -1, -1)
-    x = DPS(num_steps=20, method=method, scale=0.5, clip_denoised=False).sample(prior, op, y, generators=generators(3))
+    x = DPS(num_steps=20, method=method, scale=0.5, clip_denoised=False).sample(prior, op, y, generators=generators(3)).samples
     m = float(op.mask.sum()) * 3
     assert ((op(x) - op(y)).flatten(1).norm(dim=1) < 0.02 * math.sqrt(m)).all()
 
@@ -164,11 +165,11 @@ def test_same_generators_same_samples_whatever_the_batch():
     prior, op = demo_prior(), mask_operator()
     y = op.measure(prior.sample(generators(2, run=9)), generators(2, run=8))
     sampler = DPS(num_steps=10, method="ps", scale=0.5)
-    first = sampler.sample(prior, op, y, generators=generators(2))
-    again = sampler.sample(prior, op, y, generators=generators(2))
+    first = sampler.sample(prior, op, y, generators=generators(2)).samples
+    again = sampler.sample(prior, op, y, generators=generators(2)).samples
     assert torch.equal(first, again)
-    one = sampler.sample(prior, op, y[:1], generators=generators(1))
-    two = sampler.sample(prior, op, y[1:], generators=generators(1, offset=1))
+    one = sampler.sample(prior, op, y[:1], generators=generators(1)).samples
+    two = sampler.sample(prior, op, y[1:], generators=generators(1, offset=1)).samples
     torch.testing.assert_close(first, torch.cat([one, two]), atol=1e-6, rtol=0)
     assert not torch.equal(one, two)
 
@@ -212,11 +213,13 @@ def test_nan_sample_is_reported_at_its_step_and_spares_the_others():
     y = op.measure(clean.sample(generators(3, run=9)), generators(3, run=8))
     bad = NaNAt(row=1, t_bad=int(sampler.schedule(clean).timesteps[6]), **_params())  # step 3 of 10
     states = []
-    out = sampler.sample(bad, op, y, generators=generators(3), callback=states.append)
+    result = sampler.sample(bad, op, y, generators=generators(3), callback=states.append)
+    out = result.samples
+    assert result.failed_at == [None, 3, None]
     finite = torch.stack([s["finite"] for s in states])
     assert finite[:, [0, 2]].all() and finite[:3, 1].all() and not finite[3:, 1].any()
     assert torch.isnan(out[1]).all() and torch.isfinite(out[[0, 2]]).all()
-    survivors = sampler.sample(clean, op, y[[0, 2]], generators=[generators(3)[0], generators(3)[2]])
+    survivors = sampler.sample(clean, op, y[[0, 2]], generators=[generators(3)[0], generators(3)[2]]).samples
     torch.testing.assert_close(out[[0, 2]], survivors, atol=1e-6, rtol=0)
 
 
@@ -226,7 +229,7 @@ def test_nan_measurement_fails_at_step_zero():
     y[0, 0, 0, 0] = float("nan")
     states = []
     out = DPS(num_steps=4, method="ps", scale=0.5).sample(prior, op, y, generators=generators(2),
-                                                          callback=states.append)
+                                                          callback=states.append).samples
     assert [s["finite"].tolist() for s in states] == [[False, True]] * 4
     assert torch.isnan(out[0]).all() and torch.isfinite(out[1]).all()
 
@@ -252,7 +255,7 @@ def test_latent_dps_goes_through_the_decoder_without_clipping():
     y = op.measure(torch.zeros(1, 3, 8, 8), [make_generator(5, "y")]).expand(8, -1, -1, -1)
     out = {}
     for method in ("vanilla", "ps"):
-        x = DPS(num_steps=50, method=method, scale=1.0).sample(latent, op, y, generators=generators(8))
+        x = DPS(num_steps=50, method=method, scale=1.0).sample(latent, op, y, generators=generators(8)).samples
         assert x.shape == (8, 3, 8, 8)
         out[method] = x
     assert abs(float(out["vanilla"].mean()) - 3.0) < 0.3
@@ -262,13 +265,16 @@ def test_latent_dps_goes_through_the_decoder_without_clipping():
         DPS(method="projection").sample(latent, op, y, generators=generators(8))
 
 
-def test_task_block_and_bad_settings():
-    sampler = DPS(num_steps=10, method="vanilla", dps={"method": "ps", "scale": 0.3}, record_every=5)
-    assert sampler.method.name == "ps" and sampler.method.scale == 0.3
-    with pytest.raises(ValueError, match="valid: method, scale"):
-        DPS(dps={"zeta": 0.3})
-    with pytest.raises(ValueError, match="num_steps"):
+def test_bad_settings_name_their_key():
+    with pytest.raises(SettingError, match="num_steps=0 is not valid"):
         DPS(num_steps=0)
-    with pytest.raises(ValueError, match="cannot take 2000"):
-        DPS(num_steps=2000).schedule(demo_prior())
+    with pytest.raises(SettingError, match="scale=inf is not valid"):
+        DPS(scale=float("inf"))
+    with pytest.raises(SettingError, match="method='pz' is not valid: choose one of"):
+        DPS(method="pz")
+    for spec in ("foo", "0", "ddim0", "5000", "10,abc", "-3"):
+        with pytest.raises(SettingError, match=r"timestep_respacing="):
+            DPS(timestep_respacing=spec).check(demo_prior(), mask_operator())
+    with pytest.raises(SettingError, match="cannot take 2000"):
+        DPS(num_steps=2000).check(demo_prior(), mask_operator())
     assert len(DPS(num_steps=1000, timestep_respacing="ddim25").schedule(demo_prior())) == 25

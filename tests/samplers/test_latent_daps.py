@@ -27,6 +27,7 @@ from common.operators import build_operator
 from common.random import make_generator
 from common.registry import SAMPLERS
 from common.run_dir import RunDirectory
+from common.sampling import build_sampler
 from conftest import REPO
 from daps.mcmc import MCMCSampler, MeasurementFit
 from ldm_tiny import small_ldm_config, small_ldm_state
@@ -54,10 +55,10 @@ def demo_prior(cls: type, resolution: int = 16) -> GaussianPrior:
 def sampler(name: str, mc_algo: str = "hmc", annealing_steps: int = 4, mcmc_steps: int = 3, **mcmc):
     mcmc_cfg = {"num_steps": mcmc_steps, "lr": 1e-4, "tau": 0.05, "lr_min_ratio": 0.1, "momentum": 0.8,
                 "mc_algo": mc_algo, "prior_solver": "gaussian", **mcmc}
-    return SAMPLERS.build(name, annealing_scheduler_config={"num_steps": annealing_steps, "sigma_max": 10,
-                                                           "sigma_min": 0.1},
-                          diffusion_scheduler_config={"num_steps": 2, "sigma_min": 0.001},
-                          mcmc_sampler_config=mcmc_cfg)
+    return build_sampler({"name": name, "annealing_scheduler_config": {"num_steps": annealing_steps, "sigma_max": 10,
+                                                                       "sigma_min": 0.1},
+                          "diffusion_scheduler_config": {"num_steps": 2, "sigma_min": 0.001},
+                          "mcmc_sampler_config": mcmc_cfg})
 
 
 def down_sampling_problem(resolution: int, batch: int = 2):
@@ -72,7 +73,7 @@ def run_with_states(daps, model, operator, y, seed: int = 11):
     states = []
     samples = daps.sample(model, operator, y, generators=[make_generator(seed, i, 0) for i in range(len(y))],
                           callback=lambda s: states.append({k: s[k].clone() for k in ("x_t", "x0hat", "x0y")}))
-    return samples, states
+    return samples.samples, states
 
 
 # ---------------------------------------------------------------- identity autoencoder = pixel space
@@ -112,8 +113,12 @@ def test_identity_autoencoder_writes_the_pixel_run(tmp_path):
                        outputs=outputs, log=lambda _: None)
     files = {name: sorted(p.relative_to(d.root) for p in d.root.rglob("*") if p.is_file())
              for name, d in dirs.items()}
-    # 2 images x (gt, measurement view, raw y) + 4 samples x (png, record, frames) + metrics.json, eval.md, grid
-    assert files["pixel"] == files["latent"] and len(files["pixel"]) == 2 * 3 + 4 * 3 + 3 + 2 + (2 + 4) + (2 * 3 + 1)
+    assert files["pixel"] == files["latent"]
+    # 4 samples x (png, record, frames), 2 images x (gt, measurement view, raw y), and the summaries
+    by_folder = {folder: sum(p.parts[0] == folder for p in files["pixel"])
+                 for folder in ("samples", "records", "trajectory", "measurements")}
+    assert by_folder == {"samples": 4, "records": 4, "trajectory": 4, "measurements": 2}
+    assert {"metrics.json", "eval.md", "grid_results.png"} <= {str(p) for p in files["pixel"]}
     for relative in files["pixel"]:
         if relative.suffix == ".png":
             assert (dirs["latent"].root / relative).read_bytes() == (dirs["pixel"].root / relative).read_bytes()
@@ -153,8 +158,8 @@ def test_latent_loop_runs_on_latents_and_returns_images(request, which, name, la
 def test_latent_results_do_not_depend_on_batch_size(tiny_ldm):
     operator, _, y = down_sampling_problem(32)
     daps = sampler("latent_edm_daps", annealing_steps=3, mcmc_steps=2)
-    both = daps.sample(tiny_ldm, operator, y, generators=[make_generator(4, i, 0) for i in (0, 1)])
-    one = daps.sample(tiny_ldm, operator, y[1:], generators=[make_generator(4, 1, 0)])
+    both = daps.sample(tiny_ldm, operator, y, generators=[make_generator(4, i, 0) for i in (0, 1)]).samples
+    one = daps.sample(tiny_ldm, operator, y[1:], generators=[make_generator(4, 1, 0)]).samples
     torch.testing.assert_close(one[0], both[1], atol=1e-4, rtol=0)
 
 
@@ -181,13 +186,13 @@ def test_latent_data_term_is_taken_through_the_decoder(tiny_ldm):
 @pytest.mark.parametrize("name", ["latent_edm_daps", "sd_edm_daps"])
 def test_sampler_configs_carry_the_reference_values(name):
     cfg = yaml.safe_load((REPO / "configs" / "sampler" / f"{name}.yaml").read_text())
-    assert cfg["name"] == name and cfg["latent"] is True and cfg["task_params"] == "mcmc_sampler_config"
+    assert cfg["name"] == name and cfg["mcmc_sampler_config"] == "${task.${task_group}.mcmc_sampler_config}"
+    assert SAMPLERS.get(name).spaces == {"latent"}
     assert cfg["annealing_scheduler_config"] == {"name": "edm", "num_steps": 50, "sigma_max": 10, "sigma_min": 0.1,
                                                  "timestep": "poly-7"}
     assert cfg["diffusion_scheduler_config"] == {"name": "edm", "num_steps": 2, "sigma_min": 0.001,
                                                  "timestep": "poly-7"}
-    daps = SAMPLERS.build(cfg["name"], **{k: v for k, v in cfg.items() if k not in ("name", "latent", "task_params")},
-                          mcmc_sampler_config={"num_steps": 1, "lr": 1e-4})
+    daps = build_sampler({**cfg, "mcmc_sampler_config": {"num_steps": 1, "lr": 1e-4}})
     assert daps.num_steps == 50 and math.isclose(float(daps.sigmas[0]), 10, rel_tol=1e-6)
     assert daps.ode_steps == 2 and daps.ode_sigma_min == 0.001 and float(daps.sigmas[-1]) == 0
 

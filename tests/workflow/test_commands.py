@@ -1,5 +1,6 @@
 """commands/{pixel,ldm,sd,dps}.sh: the printed multiruns compose into valid jobs covering the paper's
-tables; missing checkpoints stop the script with the download step; the launcher variable is honoured."""
+tables (ldm.sh: LatentDAPS and, on the same images, PSLD and ReSample); missing checkpoints stop the script with the
+download step; the launcher variable is honoured."""
 from __future__ import annotations
 
 import itertools
@@ -20,11 +21,13 @@ from common.validate import validate
 
 ALL_TASKS = {"down_sampling", "inpainting", "inpainting_rand", "gaussian_blur", "motion_blur", "nonlinear_blur",
              "hdr", "phase_retrieval"}
-SCRIPTS = {  # script -> (datasets, model per dataset, sampler, task_group, tasks)
-    "pixel": ({"ffhq": "ffhq256ddpm", "imagenet": "imagenet256ddpm"}, "edm_daps", "pixel", ALL_TASKS),
-    "ldm": ({"ffhq": "ffhq256ldm", "imagenet": "imagenet256ldm"}, "latent_edm_daps", "ldm", ALL_TASKS),
-    "sd": ({"ffhq": "stable-diffusion-v1.5", "imagenet": "stable-diffusion-v1.5"}, "sd_edm_daps", "sd", ALL_TASKS),
-    "dps": ({"ffhq": "ffhq256ddpm"}, "dps", "pixel", ALL_TASKS - {"hdr"}),
+LINEAR_TASKS = {"down_sampling", "inpainting", "inpainting_rand", "gaussian_blur", "motion_blur"}
+SCRIPTS = {  # script -> (datasets, model per dataset, {sampler: its tasks}, task_group)
+    "pixel": ({"ffhq": "ffhq256ddpm", "imagenet": "imagenet256ddpm"}, {"edm_daps": ALL_TASKS}, "pixel"),
+    "ldm": ({"ffhq": "ffhq256ldm", "imagenet": "imagenet256ldm"},
+            {"latent_edm_daps": ALL_TASKS, "psld": LINEAR_TASKS, "resample": ALL_TASKS}, "ldm"),
+    "sd": ({"ffhq": "stable-diffusion-v1.5", "imagenet": "stable-diffusion-v1.5"}, {"sd_edm_daps": ALL_TASKS}, "sd"),
+    "dps": ({"ffhq": "ffhq256ddpm"}, {"dps": ALL_TASKS - {"hdr"}}, "pixel"),
 }
 
 
@@ -60,9 +63,10 @@ def jobs(overrides: list[str]) -> list[list[str]]:
 def test_dry_run_composes_into_the_papers_jobs(script, tmp_path):
     result = run_script(script, "0,1", str(tmp_path / "out"), "--dry-run")
     assert result.returncode == 0, result.stderr
-    models, sampler, task_group, tasks = SCRIPTS[script]
+    models, samplers, task_group = SCRIPTS[script]
     commands = printed_commands(result.stdout)
-    assert len(commands) == 2 * len(models)  # per dataset: the one-sample tasks, phase retrieval x 4 runs
+    # per dataset and sampler: the one-sample tasks, then phase retrieval x 4 runs where the sampler runs it
+    assert len(commands) == len(models) * sum(1 + ("phase_retrieval" in tasks) for tasks in samplers.values())
     seen = set()
     with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
         for command in commands:
@@ -73,11 +77,11 @@ def test_dry_run_composes_into_the_papers_jobs(script, tmp_path):
                 dataset = Path(cfg["data"]["root"]).name.removeprefix("test-")
                 task = next(o.split("=", 1)[1] for o in job if o.startswith("task="))
                 assert f"model={models[dataset]}" in job
-                assert (cfg["sampler"]["name"], cfg["task_group"]) == (sampler, task_group)
+                assert cfg["sampler"]["name"] in samplers and cfg["task_group"] == task_group
                 assert cfg["num_runs"] == (4 if task == "phase_retrieval" else 1)
                 assert cfg["save_dir"] == str(tmp_path / "out" / script)
-                seen.add((dataset, task))
-    assert seen == {(d, t) for d in models for t in tasks}
+                seen.add((dataset, cfg["sampler"]["name"], task))
+    assert seen == {(d, s, t) for d in models for s, tasks in samplers.items() for t in tasks}
     needed = [line.split()[2] for line in result.stdout.splitlines() if line.startswith("# needs ")]
     assert "dataset/test-ffhq" in needed and any(p.endswith("lpips_weights.pt") for p in needed)
 

@@ -67,8 +67,8 @@ def test_dry_run_covers_every_path_the_configs_expect(torch_home, monkeypatch):
     missing = {p for p in expected
                if p not in produced and not any(d.startswith(p.rstrip("/") + "/") for d in produced)}
     assert not missing, f"no download step produces {sorted(missing)}"
-    from common.metrics import inception_weight_path, lpips_weight_paths  # honour TORCH_HOME
-    for path in lpips_weight_paths().values():
+    from common.metrics import ORIGINAL_LPIPS, inception_weight_path, lpips_weight_paths, original_lpips_paths
+    for path in [*lpips_weight_paths().values(), *(original_lpips_paths(n)["backbone"] for n in ORIGINAL_LPIPS)]:
         assert produced.get(str(path)) == "lpips", f"{path} is not fetched by `download.sh lpips`"
     assert produced.get(str(inception_weight_path())) == "fid"
     assert "nothing was written" in result.stdout
@@ -100,7 +100,7 @@ def test_recorded_demo_checksums_match_the_demo_images():
         local = SHARED / "data" / Path(dest).relative_to("dataset")
         assert hashlib.sha256(local.read_bytes()).hexdigest() == sha, dest
     sums = {s for s, _ in table().values()}
-    assert sums <= {"unknown", "397923af"} | set(demo.values()), "a checksum is neither known nor 'unknown'"
+    assert sums <= {"unknown", "397923af", "7be5be79"} | set(demo.values()), "a checksum is neither known nor 'unknown'"
 
 
 @pytest.fixture()
@@ -156,3 +156,16 @@ def test_a_download_with_the_wrong_checksum_is_removed_and_reported(sandbox):
     assert "ILSVRC2012_val_00049004.JPEG: SHA-256 mismatch (expected 92066e69" in result.stderr
     assert "1 step(s) failed" in result.stderr
     assert not list((root / "dataset/demo-imagenet").glob("*00049004*"))  # neither the file nor a .part
+
+
+@pytest.mark.parametrize("works", [False, True])
+def test_dry_run_says_when_gdown_is_missing(tmp_path, works):
+    """Google Drive steps need gdown (requirements.txt): a dry run says once how to install it when it is absent."""
+    (tmp_path / "gdown").write_text(f"#!/bin/sh\necho 6.5.1\nexit {0 if works else 1}\n")
+    (tmp_path / "gdown").chmod(0o755)
+    result = run_script("--dry-run", "models", "data", env={"PATH": f"{tmp_path}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr
+    notes = [line for line in result.stdout.splitlines() if "gdown, which is not installed" in line]
+    assert notes == ([] if works else ["[models] note: Google Drive files need gdown, which is not installed: pip "
+                                       "install gdown (or pip install -r requirements.txt)"])
+    assert "gdown==" in (REPO / "requirements.txt").read_text()

@@ -18,13 +18,15 @@ from common.tracking import Tracker, run_tags  # noqa: E402
 
 def _fake_run_dir(root: Path) -> tuple[Path, dict]:
     """A finished run directory as RunDirectory leaves it (grid, one progress strip, metrics.json)."""
+    from common.figures import trajectory_files
     from common.run_dir import RunDirectory
 
     directory = RunDirectory(root / "run")
     image = torch.linspace(-1, 1, 3 * 8 * 8).reshape(3, 8, 8)
     directory.write_inputs(0, image, image, {}, (8, 8))
     directory.write_sample(0, 0, image.flip(-1), {"name": "a", "psnr": 20.0, "residual": 0.5, "failed_at_step": None})
-    directory.write_trajectory(0, 0, {"x0hat": [image, image], "x_t": [image, image]})
+    directory.write_trajectory(0, 0, *trajectory_files({"x0hat": [image, image], "x_t": [image, image]}, [0, 1],
+                                                        [("sigma", 1.0), ("sigma", 0.5)], 2, video=False))
     summary = directory.finish(["psnr"], {0: "a"})
     return directory.root, summary
 
@@ -47,7 +49,7 @@ def offline_run(tmp_path_factory):
                                 tags=tags)
         assert tracker.active
         for _batch in range(2):  # the experiment loop's progress callback, with the tracker as its on_step hook
-            progress = Progress(3, show_bar=False, on_step=tracker.on_step)
+            progress = Progress(3, on_step=tracker.on_step)
             for step in range(3):
                 progress({"step": step, "num_steps": 3, "sigma": torch.tensor(10.0 - step),
                           "residual": torch.tensor([1.0, float("nan"), 3.0 + step]),

@@ -17,8 +17,8 @@ from wandb_log import decode  # noqa: E402
 pytestmark = pytest.mark.skipif("Tracker.start" not in (REPO / "posterior_sample.py").read_text(),
                                 reason="posterior_sample.py does not start a common.tracking.Tracker yet")
 
-TINY = ["data.resolution=16", "data.end_id=2", "sampler.annealing_scheduler_config.num_steps=3",
-        "task.pixel.mcmc_sampler_config.num_steps=2", "eval_fn_list=[psnr]", "show_progress=false", "batch_size=1"]
+TINY = ["data.resolution=16", "data.end_id=2", "num_runs=1", "sampler.annealing_scheduler_config.num_steps=3",
+        "task.gaussian.mcmc_sampler_config.num_steps=2", "eval_fn_list=[psnr]", "show_progress=false", "batch_size=1"]
 
 
 def run_cli(tmp_path: Path, *overrides: str, **env: str) -> subprocess.CompletedProcess:
@@ -34,12 +34,18 @@ def test_offline_run_logs_config_curves_metrics_and_media(tmp_path):
     (folder,) = (tmp_path / "wandb").glob("offline-run-*")
     logged = decode(folder)
     run_dir = tmp_path / "results" / "demo"
-    assert logged["project"] == "daps-cli" and logged["config"]["task_group"] == "pixel"
+    assert logged["project"] == "daps-cli" and logged["config"]["task_group"] == "gaussian"
     assert {t.split(":")[0] for t in logged["tags"]} >= {"task", "model", "sampler", "task_group"}
     steps = [h for h in logged["history"] if "sampling/step" in h]
     assert [h["sampling/step"] for h in steps] == list(range(6))  # 2 batches x 3 annealing steps
     assert all(h["sampling/sigma"] > 0 and h["sampling/residual"] >= 0 for h in steps)
     assert sorted(h["sample/image_id"] for h in logged["history"] if "sample/index" in h) == [0, 1]
+    # each batch's samples are logged when the batch is written, before the next batch samples
+    order = [("sample" if "sample/index" in h else h.get("sampling/step")) for h in logged["history"]]
+    assert order.index("sample") < order.index(3)
+    assert "gaussian" in logged["config"]["task"] and "pixel" not in logged["config"]["task"]  # the selected group
+    saved_log = (folder / "files" / "run.log").read_text()  # the terminal log, as far as it got at the end
+    assert saved_log and (run_dir / "run.log").read_text().startswith(saved_log)
     summary = json.loads((run_dir / "metrics.json").read_text())["summary"]["psnr"]
     assert logged["summary"]["psnr_mean"] == pytest.approx(summary["mean"])
     assert logged["summary"]["run_dir"] == str(run_dir.resolve())

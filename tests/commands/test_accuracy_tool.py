@@ -1,39 +1,43 @@
-"""The accuracy benchmark (python -m common.accuracy): its --quick run end to end (columns, sanity, never
-timing) and the properties every posterior sampler must have on exact problems.
+"""The accuracy tool (python -m commands.accuracy): its --quick run end to end (columns, sanity, never timing),
+the model-call budget it sets, and the properties every posterior sampler must have on exact problems.
 
 Tolerances come from the Monte-Carlo error: for n exact draws E[mean_z²] = 1/n and a sample std has a
 relative error of about 1/sqrt(2n).
 """
 import csv
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO
-from common.accuracy import (COLUMNS, LANGEVIN, Problem, SamplerSpec, cli_model_params, daps_spec, dps_spec,
-                             register_samplers, run_one)
+from commands import accuracy
+from commands.accuracy import (COLUMNS, LANGEVIN, Problem, SamplerSpec, cli_model_params, daps_spec, dps_spec,
+                               run_one, steps_for_calls)
 from common.models import build_model
 from common.operators import build_operator
-from common.posterior import GaussianMixture
+from common.posterior import GaussianMixture, prior_mixture
 from common.random import make_generator
-from common.registry import SAMPLERS
+from common.sampling import build_sampler
+from conftest import REPO
 
 
-def test_quick_run_writes_the_table(tmp_path):
+@pytest.mark.slow  # ~10 s of CPU (two problems, 64 samples, DDRM budget probes)
+def test_quick_run_writes_the_table(tmp_path, capsys):
     doc = REPO / "docs" / "accuracy.md"
     before = doc.read_text() if doc.exists() else None
-    proc = subprocess.run([sys.executable, "-m", "common.accuracy", "--quick", "--out", str(tmp_path)], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert accuracy.main(["--quick", "--samplers", "ddrm,latent_dps", "--jobs", "1", "--out", str(tmp_path)]) == 0
+    stdout = capsys.readouterr().out
     with open(tmp_path / "accuracy.csv") as f:
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == COLUMNS
     assert {r["problem"] for r in rows} == {"gauss/down_sampling", "gmm/bimodal_box"}
-    assert (tmp_path / "accuracy.md").read_text().startswith("| " + " | ".join(COLUMNS))
-    assert "| problem |" in proc.stdout
+    assert {r["sampler"] for r in rows} == {"exact", "DPS-50 ζ=0.3", "DAPS-50 LGV", "ddrm@100"}
+    written = (tmp_path / "accuracy.md").read_text()
+    assert written.startswith("# Sampler accuracy") and "\n| " + " | ".join(COLUMNS) + " |\n" in written
+    assert "| latent_dps@100 | gauss/down_sampling, gmm/bimodal_box | it runs on latent-space" in written
+    assert "| problem |" in stdout
+    # a latent-space sampler cannot run on these pixel-space priors: listed with the reason, not run
+    assert "latent_dps@100" in stdout and "latent-space models" in stdout
     n = 64
     for row in rows:
         assert float(row["diverged"]) == 0
@@ -42,6 +46,8 @@ def test_quick_run_writes_the_table(tmp_path):
             assert int(row["nfe"]) == 0
             assert float(row["mean_z"]) < 4 / math.sqrt(n)
             assert abs(float(row["std_ratio"]) - 1) < 0.2
+        elif row["sampler"] == "ddrm@100":
+            assert int(row["nfe"]) == 100  # DDRM: one model call per step, so num_steps = 100
         else:
             assert int(row["nfe"]) == 50  # DPS-50: 50 steps; DAPS-50: 25 annealing × 2 PF-ODE steps
         mode_tv = float(row["mode_tv"]) if row["mode_tv"] else float("nan")
@@ -65,8 +71,17 @@ DOWN = dict(name="down_sampling", scale_factor=4)
 IDENTITY = dict(name="inpainting", mask_type="random", mask_prob_range=[0.0, 0.0])  # no pixel removed: A = I
 
 
+def test_steps_for_calls_inverts_an_affine_call_count():
+    """DPS makes one model call per step (c(k) = k, respacing off): 100 calls need 100 steps, 37 calls 37."""
+    problem = demo_problem(DOWN, 0.05)
+    settings = {"name": "dps", "num_steps": 1000, "method": "ps", "scale": 0.3, "clip_denoised": False}
+    assert steps_for_calls(problem, settings, 100) == 100
+    assert steps_for_calls(problem, settings, 37) == 37
+    row = run_one(problem, SamplerSpec("dps@37", "dps", {**settings, "num_steps": 1000}, calls=37), 4)
+    assert row["nfe"] == 37
+
+
 def test_daps_mean_error_shrinks_as_annealing_and_mcmc_steps_grow():
-    register_samplers()
     problem = demo_problem(DOWN, 0.05)
     errors = [run_one(problem, daps_spec("DAPS", anneal, 2, {**LANGEVIN, "num_steps": mcmc}, 0.05), 96)["mean_rmse"]
               for anneal, mcmc in ((5, 1), (20, 4), (50, 10))]
@@ -75,24 +90,17 @@ def test_daps_mean_error_shrinks_as_annealing_and_mcmc_steps_grow():
     assert errors[0] > errors[1] + 3 * floor and errors[1] > errors[2] + floor, (errors, floor)
 
 
-def prior_statistics(problem):
-    """The exact prior as a mixture (noise → ∞ makes the posterior the prior)."""
-    from common.posterior import prior_mixture
-    return prior_mixture(problem.model)
-
-
 @pytest.mark.parametrize("spec", [
     daps_spec("DAPS", 20, 2, {**LANGEVIN, "num_steps": 5}, 1e3),
     dps_spec(100, 1e-4),
 ], ids=["daps", "dps"])
 def test_with_huge_noise_samplers_return_the_prior_mean(spec):
-    register_samplers()
     problem = demo_problem(DOWN, 1e3)
-    prior: GaussianMixture = prior_statistics(problem)
+    prior: GaussianMixture = prior_mixture(problem.model)  # noise → ∞ makes the posterior the prior
     n = 128
     gens = [make_generator(2, i) for i in range(n)]
-    x = SAMPLERS.build(spec.name, **spec.resolve(problem)).sample(
-        problem.model, problem.operator, problem.y.expand(n, -1, -1, -1), generators=gens)
+    x = build_sampler(spec.resolve(problem)).sample(
+        problem.model, problem.operator, problem.y.expand(n, -1, -1, -1), generators=gens).samples
     flat = x.double().reshape(n, -1)
     z = (flat.mean(0) - prior.mean) / (prior.covariance.diagonal() / n).sqrt()
     assert z.abs().max() < 5, float(z.abs().max())
@@ -108,15 +116,14 @@ def test_with_huge_noise_samplers_return_the_prior_mean(spec):
     dps_spec(100, 0.3),
 ], ids=["daps", "dps"])
 def test_with_identity_operator_and_tiny_noise_samplers_return_y(spec):
-    register_samplers()
     problem = demo_problem(IDENTITY, 1e-3)
     torch.testing.assert_close(problem.exact.mean.float(), problem.y.reshape(-1), atol=5e-3, rtol=0)
     n = 8
-    x = SAMPLERS.build(spec.name, **spec.resolve(problem)).sample(
+    x = build_sampler(spec.resolve(problem)).sample(
         problem.model, problem.operator, problem.y.expand(n, -1, -1, -1),
-        generators=[make_generator(3, i) for i in range(n)])
+        generators=[make_generator(3, i) for i in range(n)]).samples
     rms = float((x - problem.y).pow(2).mean().sqrt())
-    prior_std = float(prior_statistics(problem).covariance.diagonal().mean().sqrt())
+    prior_std = float(prior_mixture(problem.model).covariance.diagonal().mean().sqrt())
     assert rms < 0.06 * prior_std, (rms, prior_std)
 
 

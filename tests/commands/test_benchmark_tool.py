@@ -1,4 +1,4 @@
-"""``python -m common.benchmark`` runs end to end on tiny CPU models and its counts are right (timings are never
+"""``python -m commands.benchmark`` runs end to end on tiny CPU models and its counts are right (timings are never
 asserted: they depend on the machine)."""
 from __future__ import annotations
 
@@ -9,24 +9,27 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import benchmark
-from common.benchmark import CASES, FlopCounter, parse_variant, peak_tflops
+from commands import benchmark
+from commands.benchmark import FlopCounter, default_out, parse_variant, peak_tflops
+from common.sampling import build_sampler
+
+SAMPLERS = ("edm_daps", "latent_edm_daps", "dps")
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "table.csv"
     rows = benchmark.main(["--quick", "--device", "cpu", "--batch-sizes", "1,2", "--peak-tflops", "1", "--out",
-                           str(out)])
+                           str(out), "--samplers", ",".join(SAMPLERS)])
     return rows, out
 
 
-def test_quick_run_writes_one_row_per_case_and_batch(quick_run):
+@pytest.mark.slow  # the quick_run fixture: ~10 s of CPU (three samplers, two batch sizes)
+def test_quick_run_writes_one_row_per_sampler_and_batch(quick_run):
     rows, out = quick_run
     with out.open() as handle:
         written = list(csv.DictReader(handle))
-    assert [(r["sampler"], r["batch"]) for r in written] == [
-        (CASES[k].sampler, b) for k in ("daps", "latent_daps", "dps") for b in ("1", "2")]
+    assert [(r["sampler"], r["batch"]) for r in written] == [(s, b) for s in SAMPLERS for b in ("1", "2")]
     for row in written:
         assert row["status"] == "ok" and row["size"] == "tiny" and row["precision"] == "fp32"
         assert row["device"].startswith("CPU") and row["torch"] == torch.__version__ and row["git_commit"]
@@ -39,30 +42,35 @@ def test_quick_run_writes_one_row_per_case_and_batch(quick_run):
         assert float(row["bound_s_per_image"]) == pytest.approx(bound)
         assert float(row["fraction_of_bound"]) == pytest.approx(bound / float(row["s_per_image"]))
     markdown = out.with_suffix(".md").read_text()
-    assert "| case |" in markdown and "DPS-1000" in markdown and written[0]["device"] in markdown
+    assert "| sampler |" in markdown and "| dps |" in markdown and written[0]["device"] in markdown
 
 
+@pytest.mark.slow
 def test_counts_follow_the_full_schedules(quick_run):
     """DAPS-1K: 200 × 5 denoiser calls; LatentDAPS-100: 50 × 2, plus one decoder pass per HMC step (24);
     DPS-1000: one network call per step."""
     rows, _ = quick_run
-    by_case = {r["sampler"]: r for r in rows}
-    assert by_case["edm_daps"]["nfe_per_image"] == 1000 and by_case["edm_daps"]["decoder_evals_per_image"] == 0
-    assert by_case["latent_edm_daps"]["nfe_per_image"] == 100
-    assert by_case["latent_edm_daps"]["decoder_evals_per_image"] == 50 * 24
-    assert by_case["dps"]["nfe_per_image"] == 1000
+    by_sampler = {r["sampler"]: r for r in rows}
+    assert by_sampler["edm_daps"]["steps_full"] == 200
+    assert by_sampler["edm_daps"]["nfe_per_image"] == 1000 and by_sampler["edm_daps"]["decoder_evals_per_image"] == 0
+    assert by_sampler["latent_edm_daps"]["nfe_per_image"] == 100
+    assert by_sampler["latent_edm_daps"]["decoder_evals_per_image"] == 50 * 24
+    assert by_sampler["dps"]["nfe_per_image"] == 1000 and by_sampler["dps"]["steps_full"] == 1000
 
 
 def test_dps_step_costs_about_two_forward_passes():
     """The backward pass to the input of a frozen network costs one more forward (no weight gradients)."""
-    case = CASES["dps"]
+    case = benchmark.make_case("dps", "tiny")
     model = benchmark.build_model(**benchmark.model_config(case, "tiny", "fp32"))
     x = torch.zeros(1, *model.sample_shape)
     with FlopCounter() as counter:
         model.ddpm_output(x, torch.tensor([500]))
     forward = counter.flops
-    prof = benchmark.profile(case, model, torch.device("cpu"))
+    cpu = torch.device("cpu")
+    prof = benchmark.profile(build_sampler(case.config["sampler"]), model, benchmark.make_problem(case, model, 1, cpu),
+                             cpu)
     assert 1.9 < prof.flops_step / forward < 2.1
+    assert prof.nfe_step == 1 and prof.nfe_fixed == 0 and prof.steps_full == 1000
 
 
 def test_flop_counter_matches_closed_forms():
@@ -90,5 +98,14 @@ def test_peaks_and_variants():
                                                            "compile": True}
     with pytest.raises(ValueError, match=r"variant 'bf16\+cudagraphs'"):
         parse_variant("bf16+cudagraphs")
-    with pytest.raises(ValueError, match="unknown cases"):
-        benchmark.main(["--cases", "ddim", "--device", "cpu"])
+    with pytest.raises(ValueError, match="unknown samplers"):
+        benchmark.main(["--samplers", "ddim", "--device", "cpu"])
+
+
+@pytest.mark.parametrize("device, stem", [
+    ("CPU Intel(R) Xeon(R) Processor (2 threads)", "CPU_Intel_R_Xeon_R_Processor"),
+    ("NVIDIA H100 80GB HBM3", "NVIDIA_H100_80GB_HBM3"),
+])
+def test_default_file_name_has_no_spaces_or_parentheses(device, stem):
+    out = default_out({"device": device, "git_commit": "0123abcd"})
+    assert out.name == f"{stem}-0123abcd.csv" and out.parent.name == "benchmark"

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# DAPS paper, Table 1 baselines in our harness: DDRM, DDNM, ΠGDM, MMPS, DiffPIR and RED-diff on the pixel-space
+# ADM models, the 100-image test-ffhq and test-imagenet sets, the same images, masks/kernels and seeds as
+# commands/pixel.sh (every draw derives from (seed, image id)), each sampler at its yaml's paper defaults.
+#   commands/baselines.sh GPUS OUT_ROOT [--dry-run] [hydra overrides]     (see commands/_common.sh)
+# Per dataset and sampler: one multirun over the tasks the sampler is defined for (DDRM needs an SVD: no motion
+# blur; the linear methods skip the non-linear tasks; DiffPIR and RED-diff run all eight).
+# Results: OUT_ROOT/baselines/<dataset>-<sampler>/<overrides>/; table: python -m commands.report OUT_ROOT --papers
+source "$(dirname "$0")/_common.sh"
+parse_args "$@"
+
+SVD_TASKS=down_sampling,inpainting,inpainting_rand,gaussian_blur
+LINEAR_TASKS=$SVD_TASKS,motion_blur
+ALL_TASKS=$LINEAR_TASKS,nonlinear_blur,hdr,phase_retrieval
+declare -A TASKS=([ddrm]=$SVD_TASKS [ddnm]=$LINEAR_TASKS [pigdm]=$LINEAR_TASKS [mmps]=$LINEAR_TASKS
+                  [diffpir]=$ALL_TASKS [reddiff]=$ALL_TASKS)
+
+need checkpoints/GOPRO_wVAE.pth models
+need_lpips
+for dataset in ffhq imagenet; do
+    need "checkpoints/${dataset}256.pt" models
+    need "dataset/test-$dataset" data
+done
+check_needs
+
+for dataset in ffhq imagenet; do
+    for sampler in ddrm ddnm pigdm mmps diffpir reddiff; do
+        multirun data="test-$dataset" model="${dataset}256ddpm" task_group=pixel sampler="$sampler" \
+            save_dir="$OUT_ROOT/baselines" name="$dataset-$sampler" num_runs=1 task="${TASKS[$sampler]}"
+    done
+done
