@@ -396,6 +396,28 @@ run on a problem are listed below the table with the reason.
 """
 
 
+#: the calibration goal: per-pixel std within 10 % of the exact one, mean within 0.2 posterior stds, ≤ 100 calls
+CALIBRATED = {"std_ratio": (0.9, 1.1), "mean_z": 0.2, "nfe": 100}
+
+
+def calibration_summary(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Per Gaussian/mixture problem: the samplers that meet :data:`CALIBRATED`, and each sampler's dispersion at its
+    cheapest row (under: std ratio < 0.9, over: > 1.1), computed from the table's rows."""
+    low, high = CALIBRATED["std_ratio"]
+    lines = [f"Calibrated at ≤ {CALIBRATED['nfe']} model calls ({low} ≤ std_ratio ≤ {high} and mean_z ≤ "
+             f"{CALIBRATED['mean_z']}; `nfe` counts forward network evaluations, and ΠGDM, MMPS and DPS also "
+             f"backpropagate through the network once or more per step), per problem:", ""]
+    for problem in dict.fromkeys(r["problem"] for r in rows):
+        mine = [r for r in rows if r["problem"] == problem and r["sampler"] != "exact"]
+        good = [r["sampler"] for r in mine if 0 < r["nfe"] <= CALIBRATED["nfe"] and low <= r["std_ratio"] <= high
+                and r["mean_z"] <= CALIBRATED["mean_z"]]
+        under = sorted({r["sampler"] for r in mine if r["std_ratio"] < low})
+        over = sorted({r["sampler"] for r in mine if r["std_ratio"] > high})
+        lines.append(f"- `{problem}`: {', '.join(good) or '**none**'}; under-dispersed (std_ratio < {low}): "
+                     f"{', '.join(under) or 'none'}; over-dispersed (> {high}): {', '.join(over) or 'none'}")
+    return "\n".join(lines) + "\n"
+
+
 def document(rows: Sequence[dict[str, Any]], skipped: Sequence[Mapping[str, str]], command: str,
              num_samples: int, wall: float) -> str:
     """``docs/accuracy.md``: command, commit, environment, legend, the table and the skipped samplers."""
@@ -407,7 +429,7 @@ def document(rows: Sequence[dict[str, Any]], skipped: Sequence[Mapping[str, str]
             f"Problems: 16×16×3 images, σ_y = {SIGMA_Y}; `gauss/*` the CLI's Gaussian demo prior, "
             f"`gmm/down_sampling` the CLI's `model=gmm`, `gmm/bimodal_box` two components that differ only "
             f"inside the box hole (posterior weights 0.7 / 0.3, the measurement cannot tell them apart).\n\n"
-            f"{LEGEND}\n{markdown_table(rows)}"
+            f"{LEGEND}\n{calibration_summary(rows)}\n{markdown_table(rows)}"
             + (f"\nSkipped:\n\n{markdown(SKIP_COLUMNS, [[s[c] for c in SKIP_COLUMNS] for s in skips])}"
                if skips else ""))
 

@@ -132,3 +132,13 @@ def test_exact_row_is_the_monte_carlo_floor_and_counts_no_model_calls():
     row = run_one(problem, SamplerSpec("exact", "exact"), 256)
     assert row["nfe"] == 0 and row["diverged"] == 0
     assert row["mean_z"] < 4 / 16 and abs(row["std_ratio"] - 1) < 0.15
+
+
+def test_calibration_summary_names_the_calibrated_and_the_mis_dispersed_samplers():
+    from commands.accuracy import calibration_summary
+    row = lambda sampler, nfe, ratio, z: {"problem": "gauss/x", "sampler": sampler, "nfe": nfe,  # noqa: E731
+                                          "std_ratio": ratio, "mean_z": z}
+    text = calibration_summary([row("exact", 0, 1.0, 0.06), row("good", 100, 0.95, 0.1), row("costly", 300, 1.0, 0.1),
+                                row("biased", 50, 1.0, 0.5), row("narrow", 50, 0.5, 0.1), row("wide", 50, 1.5, 0.1)])
+    line = next(l for l in text.splitlines() if l.startswith("- `gauss/x`"))
+    assert line.startswith("- `gauss/x`: good; under-dispersed (std_ratio < 0.9): narrow; over-dispersed (> 1.1): wide")

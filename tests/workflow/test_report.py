@@ -202,8 +202,8 @@ def test_html_page_links_every_run_relatively(results, tmp_path):
     assert "http" not in text.replace("http-equiv", "")
 
 
-def test_old_module_name_still_runs(results):
-    done = subprocess.run([sys.executable, "-m", "common.report", str(results)], cwd=REPO, capture_output=True,
+def test_module_runs_from_the_command_line(results):
+    done = subprocess.run([sys.executable, "-m", "commands.report", str(results)], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0 and "| test-ffhq | phase_retrieval | edm_daps |" in done.stdout
 
@@ -259,3 +259,17 @@ def test_box_inpainting_is_checked_at_the_runs_resolution(tmp_path, box, matches
              "sigma_y": "0.05"}
     reason = paper_mismatch(run_row(run), paper)
     assert (reason is None) if matches else "task setting mask_len_range=[64, 65]" in reason
+
+
+@pytest.mark.parametrize("sampler, method, psnr", [("ddrm", "DDRM", 26.58), ("ddnm", "DDNM", 28.03),
+                                                   ("diffpir", "DiffPIR", 26.64)])
+def test_baselines_are_put_beside_their_paper_rows(tmp_path, sampler, method, psnr):
+    down = {"name": "down_sampling", "resolution": 256, "scale_factor": 4, "sigma": 0.05, "state": None,
+            "shared_state": False}
+    run = make_run(tmp_path / sampler, task=down, dataset_root="dataset/test-ffhq", model=DDPM, sampler=sampler,
+                   task_group="pixel", values=hundred(27.0), protocol=paper_protocol())
+    rows, _ = collect([run], papers=PAPER_NUMBERS)
+    assert len(rows) == 2, rows
+    paper = rows[1]
+    assert (paper["source"], paper["sampler"], paper["task"]) == ("DAPS CVPR 2025 Table 1", method, "down_sampling")
+    assert paper["psnr_mean"] == psnr
