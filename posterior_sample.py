@@ -27,11 +27,12 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from commands import sweep
-from common.checkpoints import CheckpointError
 from common import config_resolvers  # noqa: F401  (registers ${box_side_range:…}, ${model_task_group:…})
 from common import distributed, threads
 from common.acceleration import accelerate
+from common.checkpoints import CheckpointError
 from common.data import build_dataset
+from common.errors import ConfigError, SettingError
 from common.experiment import OutOfMemory, Outputs, run_experiment
 from common.fingerprint import config_parts, file_digests
 from common.metrics import Metrics
@@ -39,11 +40,11 @@ from common.models import MODELS, build_model
 from common.operators import build_operator
 from common.protocol import InputError, split_operator_config
 from common.provenance import LOG_FILE, Invocation, known, terminal_log
-from common.errors import ConfigError, SettingError
-from common.sampling import build_sampler, check_combination, check_settings
 from common.run_dir import RunDirectory, RunDirectoryError
+from common.sampling import build_sampler, check_combination, check_settings
 from common.tracking import Tracker, run_tags
 from common.validate import run_dir_problems, validate
+
 
 CONFIG_GROUPS = ("data", "model", "task", "sampler")
 

@@ -49,6 +49,7 @@ from common.measurement import draw_states, simulate
 from common.models import build_model
 from common.models.base import DiffusionModel
 from common.models.gmm import GaussianMixturePrior
+from common.models.latent_view import IdentityAutoencoder
 from common.operators import build_operator
 from common.operators.base import Operator
 from common.posterior import GaussianMixture, dense_operator, linear_gaussian_posterior, prior_mixture, \
@@ -178,12 +179,13 @@ class SamplerSpec:
     def resolve(self, problem: Problem) -> dict[str, Any]:
         """The sampler block for ``problem`` (:func:`common.sampling.build_sampler` takes it); :class:`Skip`."""
         if self.from_config:
-            problem_why = unsupported(SAMPLERS.get(self.name), problem.model, problem.operator)
+            model = model_for(self.name, problem)
+            problem_why = unsupported(SAMPLERS.get(self.name), model, problem.operator)
             if problem_why:
                 raise Skip(problem_why)
             try:
                 settings = sampler_settings(self.name, model=problem.model_config, task=problem.task,
-                                            resolution=RESOLUTION)
+                                            resolution=RESOLUTION, task_group="ldm" if model.latent else None)
             except NoConfig:
                 raise Skip(f"no configs/sampler/{self.name}.yaml") from None
         else:
@@ -204,11 +206,19 @@ class SamplerSpec:
         return settings
 
 
+def model_for(name: str, problem: Problem) -> DiffusionModel:
+    """The problem's prior as sampler ``name`` needs it: behind an identity autoencoder for latent-only samplers
+    (:class:`~common.models.latent_view.IdentityAutoencoder`: the same exact posterior)."""
+    spaces = SAMPLERS.get(name).spaces if name in SAMPLERS else {"pixel"}
+    return IdentityAutoencoder(problem.model) if "pixel" not in spaces else problem.model
+
+
 def calls_per_sample(problem: Problem, settings: Mapping[str, Any]) -> float:
     """Model calls per sample of one sampler run (batch 1) with these settings."""
     sampler = build_sampler(settings)
     with count_calls(problem.model) as counts:
-        sampler.sample(problem.model, problem.operator, problem.y, generators=[make_generator(0, "count")])
+        sampler.sample(model_for(settings["name"], problem), problem.operator, problem.y,
+                       generators=[make_generator(0, "count")])
     return float(counts["nfe"])
 
 
@@ -296,13 +306,13 @@ def run_one(problem: Problem, spec: SamplerSpec, num_samples: int, seed: int = 0
         if settings is None:
             samples = problem.exact.sample(generators)
         else:
-            sampler = build_sampler(settings)
+            sampler, model = build_sampler(settings), model_for(spec.name, problem)
             try:
-                check_combination(spec.name, sampler, problem.model, problem.operator)
+                check_combination(spec.name, sampler, model, problem.operator)
             except ConfigError as err:
                 raise Skip(str(err)) from None
             y = problem.y.expand(num_samples, *problem.y.shape[1:])
-            samples = sampler.sample(problem.model, problem.operator, y, generators=generators).samples
+            samples = sampler.sample(model, problem.operator, y, generators=generators).samples
     wall = time.perf_counter() - start
     metrics = sample_metrics(samples, problem.exact)
     nfe = counts["nfe"] / num_samples

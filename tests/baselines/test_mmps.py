@@ -24,9 +24,9 @@ from affine_chains import assert_samples_match, moments_vs_posterior, propagate
 from conftest import REPO
 from gaussian_cases import gaussian_case
 from baselines.mmps import MMPS, mmps_posterior_mean
+from common.counting import count_calls
 from common.errors import ConfigError, SettingError
 from common.guidance import DenoiserLinearization
-from common.models.base import DiffusionModel
 from common.operators import build_operator
 from common.posterior import GaussianMixture, linear_gaussian_posterior
 from common.random import make_generator
@@ -111,28 +111,13 @@ def test_chain_converges_to_the_exact_posterior():
     assert 0.83 < results[33][1] < 0.86 and 0.93 < results[100][1] < 0.96 and 0.99 < results[1000][1] <= 1.0
 
 
-class CountingPrior(DiffusionModel):
-    """Counts forward passes and backward passes (a hook on the denoiser's output) through a prior."""
-
-    def __init__(self, model: DiffusionModel) -> None:
-        super().__init__(model.sample_shape, model.image_shape, model.betas)
-        self.inner, self.calls = model, 0
-
-    def tweedie(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        self.calls += 1
-        out = self.inner.tweedie(x, sigma)
-        if out.requires_grad:
-            out.register_hook(lambda grad: setattr(self, "calls", self.calls + 1))
-        return out
-
-
 def test_model_calls_are_counted_with_the_backward_passes():
     """Per step 1 forward + cg_iterations + 1 backward passes (M·0 = 0 costs none), as ``model_calls`` states."""
     case = gaussian_case(RANDOM)
-    model = CountingPrior(case.model)
     sampler = MMPS(num_steps=3, cg_iterations=2)
-    sampler.sample(model, case.operator, case.y, generators=[make_generator(0, 0)])
-    assert model.calls == sampler.model_calls == 12
+    with count_calls(case.model) as counts:
+        sampler.sample(case.model, case.operator, case.y, generators=[make_generator(0, 0)])
+    assert counts["nfe"] + counts["vjp"] == sampler.model_calls == 12 and counts["nfe"] == 3
 
 
 def test_batch_size_invariance_and_determinism():

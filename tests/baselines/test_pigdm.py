@@ -24,15 +24,14 @@ from affine_chains import assert_samples_match, moments_vs_posterior, propagate
 from conftest import REPO
 from gaussian_cases import gaussian_case
 from baselines.pigdm import PiGDM, pigdm_score
-from common.vp import ddim_sigma
+from common.counting import count_calls
 from common.errors import ConfigError, SettingError
 from common.guidance import DenoiserLinearization
-from common.models.base import DiffusionModel
 from common.operators import build_operator
 from common.posterior import GaussianMixture, linear_gaussian_posterior
 from common.random import make_generator
 from common.sampling import build_sampler, unsupported
-from common.vp import abar, denoise
+from common.vp import abar, ddim_sigma, denoise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -133,27 +132,12 @@ def test_error_against_the_exact_posterior_is_the_measured_one():
             assert abs(mean_z - want_z) < 0.02 and abs(std_ratio - want_std) < 0.02, (name, steps, mean_z, std_ratio)
 
 
-class CountingPrior(DiffusionModel):
-    """Counts forward passes and backward passes (a hook on the denoiser's output) through a prior."""
-
-    def __init__(self, model: DiffusionModel) -> None:
-        super().__init__(model.sample_shape, model.image_shape, model.betas)
-        self.inner, self.calls = model, 0
-
-    def tweedie(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        self.calls += 1
-        out = self.inner.tweedie(x, sigma)
-        if out.requires_grad:
-            out.register_hook(lambda grad: setattr(self, "calls", self.calls + 1))
-        return out
-
-
 def test_model_calls_are_one_forward_and_one_backward_pass_per_step():
     case = gaussian_case(DOWN)
-    model = CountingPrior(case.model)
     sampler = PiGDM(num_steps=4)
-    sampler.sample(model, case.operator, case.y, generators=[make_generator(0, 0)])
-    assert model.calls == sampler.model_calls == 8
+    with count_calls(case.model) as counts:
+        sampler.sample(case.model, case.operator, case.y, generators=[make_generator(0, 0)])
+    assert counts["nfe"] + counts["vjp"] == sampler.model_calls == 8 and counts["vjp"] == 4
 
 
 def test_batch_size_invariance_and_determinism():

@@ -142,3 +142,13 @@ def test_calibration_summary_names_the_calibrated_and_the_mis_dispersed_samplers
                                 row("biased", 50, 1.0, 0.5), row("narrow", 50, 0.5, 0.1), row("wide", 50, 1.5, 0.1)])
     line = next(l for l in text.splitlines() if l.startswith("- `gauss/x`"))
     assert line.startswith("- `gauss/x`: good; under-dispersed (std_ratio < 0.9): narrow; over-dispersed (> 1.1): wide")
+
+
+def test_latent_samplers_get_rows_through_an_identity_autoencoder():
+    """Latent-only samplers run on the Gaussian prior behind E = D = id: same exact posterior, so they get rows."""
+    from commands.accuracy import build_problem, registered_specs, run_one
+    problem = build_problem("gauss/down_sampling")
+    (spec,) = registered_specs(quick=True, names=["latent_dps"])
+    row = run_one(problem, spec, num_samples=8)
+    assert row["sampler"] == "latent_dps@100" and abs(row["nfe"] - 100) <= 1
+    assert math.isfinite(row["mean_z"]) and math.isfinite(row["std_ratio"]) and row["diverged"] == 0
