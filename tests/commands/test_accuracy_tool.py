@@ -31,13 +31,12 @@ def test_quick_run_writes_the_table(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert tuple(rows[0]) == COLUMNS
     assert {r["problem"] for r in rows} == {"gauss/down_sampling", "gmm/bimodal_box"}
-    assert {r["sampler"] for r in rows} == {"exact", "DPS-50 ζ=0.3", "DAPS-50 LGV", "ddrm@100"}
+    assert {r["sampler"] for r in rows} == {"exact", "DPS-50 ζ=0.3", "DAPS-50 LGV", "ddrm@100", "latent_dps@100"}
     written = (tmp_path / "accuracy.md").read_text()
     assert written.startswith("# Sampler accuracy") and "\n| " + " | ".join(COLUMNS) + " |\n" in written
-    assert "| latent_dps@100 | gauss/down_sampling, gmm/bimodal_box | it runs on latent-space" in written
     assert "| problem |" in stdout
-    # a latent-space sampler cannot run on these pixel-space priors: listed with the reason, not run
-    assert "latent_dps@100" in stdout and "latent-space models" in stdout
+    # a latent-space sampler runs on these priors behind an identity autoencoder (the same exact posterior)
+    assert "latent_dps@100" in stdout and "latent-space models" not in stdout
     n = 64
     for row in rows:
         assert float(row["diverged"]) == 0
@@ -46,8 +45,8 @@ def test_quick_run_writes_the_table(tmp_path, capsys):
             assert int(row["nfe"]) == 0
             assert float(row["mean_z"]) < 4 / math.sqrt(n)
             assert abs(float(row["std_ratio"]) - 1) < 0.2
-        elif row["sampler"] == "ddrm@100":
-            assert int(row["nfe"]) == 100  # DDRM: one model call per step, so num_steps = 100
+        elif row["sampler"] in ("ddrm@100", "latent_dps@100"):
+            assert int(row["nfe"]) == 100  # one model call per step, so num_steps = 100
         else:
             assert int(row["nfe"]) == 50  # DPS-50: 50 steps; DAPS-50: 25 annealing × 2 PF-ODE steps
         mode_tv = float(row["mode_tv"]) if row["mode_tv"] else float("nan")

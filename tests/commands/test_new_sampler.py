@@ -86,10 +86,10 @@ def test_the_accuracy_tool_runs_it_at_its_budget_and_at_100_model_calls(toy_samp
     problem = accuracy.build_problem("gauss/down_sampling")
     assert specs[0].resolve(problem) == {"name": "toy_j", "num_steps": 5, "sigma": 0.5, "sigma_y": 0.05}
     rows, skipped = accuracy.run_problem("gauss/down_sampling", specs, num_samples=4)
-    assert [(r["sampler"], r["nfe"]) for r in rows] == [("toy_j@paper", 16), ("toy_j@100", 100)]  # 1 + 3·33
-    assert all(r["diverged"] == 0 and r["w2"] > 0 for r in rows)
-    assert [(s["sampler"], "latent-space" in s["reason"]) for s in skipped] == [
-        ("toy_j_latent@paper", True), ("toy_j_latent@100", True)]
+    # its latent twin runs on the same prior behind an identity autoencoder: the same calls
+    assert [(r["sampler"], r["nfe"]) for r in rows] == [("toy_j@paper", 16), ("toy_j@100", 100),  # 1 + 3·33
+                                                        ("toy_j_latent@paper", 16), ("toy_j_latent@100", 100)]
+    assert all(r["diverged"] == 0 and r["w2"] > 0 for r in rows) and skipped == []
 
 
 def test_the_benchmark_gives_it_a_row(toy_sampler, tmp_path):
