@@ -104,9 +104,7 @@ class DDNM:
 
     def check(self, model: DiffusionModel, operator: Operator) -> None:
         """Refuse more steps than the model's T and non-Gaussian measurement noise, before sampling."""
-        if self.num_steps > len(model.betas):
-            raise SettingError("num_steps", self.num_steps, f"need an integer in [1, {len(model.betas)}] (the "
-                                                            f"model's diffusion steps T)")
+        skip_timesteps(self.num_steps, len(model.betas))
         gaussian_noise_sigma(operator, "ddnm")
 
     @torch.no_grad()

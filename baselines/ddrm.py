@@ -30,7 +30,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from common.errors import SettingError, positive_int, real
+from common.errors import positive_int, real
 from common.guidance import gaussian_noise_sigma
 from common.models.base import DiffusionModel
 from common.operators.base import Operator
@@ -94,9 +94,7 @@ class DDRM:
 
     def check(self, model: DiffusionModel, operator: Operator) -> None:
         """Refuse more steps than the model's T and non-Gaussian measurement noise, before sampling."""
-        if self.num_steps > len(model.betas):
-            raise SettingError("num_steps", self.num_steps, f"need an integer in [1, {len(model.betas)}] (the "
-                                                            f"model's diffusion steps T)")
+        skip_timesteps(self.num_steps, len(model.betas))
         gaussian_noise_sigma(operator, "ddrm")
 
     @torch.no_grad()

@@ -38,7 +38,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from common.errors import SettingError, positive_int, real
+from common.errors import positive_int, real
 from common.guidance import DenoiserLinearization, adjoint_weighted_solve, gaussian_noise_sigma
 from common.models.base import DiffusionModel
 from common.operators.base import LinearOperator, Operator
@@ -78,9 +78,6 @@ class PiGDM:
 
     def timesteps(self, model: DiffusionModel) -> list[int]:
         """t_N > … > t_1 = 0 (DDIM's uniform skip on the model's T)."""
-        if self.num_steps > len(model.betas):
-            raise SettingError("num_steps", self.num_steps, f"need an integer in [1, {len(model.betas)}] (the "
-                                                            f"model's diffusion steps T)")
         return skip_timesteps(self.num_steps, len(model.betas))
 
     @torch.no_grad()

@@ -42,7 +42,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from common.errors import SettingError, positive_int, real
+from common.errors import positive_int, real
 from common.models.base import DiffusionModel
 from common.operators.base import LinearOperator, Operator
 from common.random import randn
@@ -96,8 +96,6 @@ class PSLD:
 
     def timesteps(self, model: DiffusionModel) -> list[int]:
         """t_N > … > t_1: DDIM's uniform skip over the model's T steps."""
-        if self.num_steps > len(model.betas):
-            raise SettingError("num_steps", self.num_steps, f"need at most this model's T = {len(model.betas)}")
         return skip_timesteps(self.num_steps, len(model.betas))
 
     def check(self, model: DiffusionModel, operator: Operator) -> None:

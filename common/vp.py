@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import torch
 
+from common.errors import SettingError
 from common.models.base import DiffusionModel
 
 
 def skip_timesteps(num_steps: int, num_timesteps: int) -> list[int]:
-    """DDIM's uniform skip: ``num_steps`` timesteps 0, k, 2k, … (k = T // num_steps), returned descending."""
+    """DDIM's uniform skip: ``num_steps`` timesteps 0, k, 2k, … (k = T // num_steps), returned descending; a step
+    count the model's T cannot give is a :class:`~common.errors.SettingError` (samplers' ``check`` relies on it)."""
     if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 1 <= num_steps <= num_timesteps:
-        raise ValueError(f"num_steps={num_steps!r} is not valid: need an integer in [1, {num_timesteps}]")
+        raise SettingError("num_steps", num_steps, f"need an integer in [1, {num_timesteps}] (the model's diffusion "
+                                                   f"steps T)")
     skip = num_timesteps // num_steps
     return list(range(0, num_timesteps, skip))[:num_steps][::-1]
 
