@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 
 import posterior_sample
 from cli.cli_helpers import compose_config
+from common.sampling import build_sampler
 from conftest import REPO
 
 
@@ -30,3 +31,16 @@ def run_and_resume(tmp_path: Path, sampler: str, task: str, steps: int, capsys) 
 def per_task(sampler: str, task: str) -> dict:
     """The sampler yaml's per_task entry for ``task``."""
     return OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "sampler" / f"{sampler}.yaml").per_task[task])
+
+
+TASK_NAMES = ("down_sampling", "inpainting", "inpainting_rand", "gaussian_blur", "motion_blur", "phase_retrieval",
+              "nonlinear_blur", "hdr")
+
+
+def built_for_task(sampler: str, task: str) -> tuple[dict, object]:
+    """The sampler yaml resolved for ``task`` (its per_task values selected by ${task.name}) and the sampler built
+    from it."""
+    cfg = OmegaConf.create({"sampler": OmegaConf.load(REPO / "configs" / "sampler" / f"{sampler}.yaml"),
+                            "task": {"name": task}})
+    block = OmegaConf.to_container(cfg.sampler, resolve=True)
+    return block, build_sampler(block)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 import yaml
 from omegaconf import OmegaConf
 from PIL import Image
@@ -88,3 +89,15 @@ def latent_run_and_resume(tmp_path: Path, assets: dict[str, Path], which: str, s
     with Image.open(samples[0]) as image:
         assert image.size == (RES, RES)
     return OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml").sampler)
+
+
+def assert_batch_invariant(sampler, task: dict) -> None:
+    """On the identity-autoencoder problem of ``task``: a batch of 3 equals its item 1 sampled alone with the same
+    generator, and a rerun is bit-identical."""
+    model, operator, y, _, _ = identity_problem(task)
+    gens = lambda: [make_generator(5, i) for i in range(3)]  # noqa: E731
+    batch = sampler.sample(model, operator, y.expand(3, -1, -1, -1), generators=gens()).samples
+    again = sampler.sample(model, operator, y.expand(3, -1, -1, -1), generators=gens()).samples
+    single = sampler.sample(model, operator, y, generators=gens()[1:2]).samples
+    assert torch.equal(batch, again)
+    torch.testing.assert_close(batch[1:2], single, atol=1e-6, rtol=0)

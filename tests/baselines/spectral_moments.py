@@ -18,11 +18,13 @@ from typing import Callable, Sequence
 
 import torch
 
+from commands.accuracy import cli_model_params
+from common.models import build_model
 from common.models.base import DiffusionModel
 from common.operators.base import SVDOperator
 from common.operators.linalg import SVD
 from common.operators.noise import GaussianNoise
-from common.random import randn
+from common.random import make_generator, randn
 from common.vp import abar, sigma_of
 
 #: (s, σ', σ_y) -> per-coefficient weights (a, b, g, d), each (n,)
@@ -195,3 +197,15 @@ def whitened_errors(samples: torch.Tensor, mean: torch.Tensor, cov: torch.Tensor
     k, n = int(keep.sum()), samples.shape[0]
     t = n * white.mean(0).pow(2).sum()
     return float((t - k) / math.sqrt(2 * k)), white.var(0)
+
+
+def measured(operator, model, seed=1):
+    """y = A x + n for one prior draw x, and ȳ = S⁺Uᵀy (float64) for the dense operator."""
+    y = operator.measure(model.sample([make_generator(seed, "x")]), [make_generator(seed, "noise")])
+    svd = operator.svd()
+    s = svd.s.double()
+    return y, torch.where(s > 0, svd.ut(y)[0].double() / s.clamp_min(1e-30), 0)
+
+
+def demo_prior(resolution: int):
+    return build_model(**cli_model_params("demo", resolution))

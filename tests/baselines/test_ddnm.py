@@ -27,12 +27,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from spectral_moments import (DenseOperator, DenseSVD, SpectralGaussian, ddnm_rule, output_moments, random_matrix,
-                              whitened_errors)
+from spectral_moments import (DenseOperator, DenseSVD, SpectralGaussian, ddnm_rule, demo_prior, measured,
+                              output_moments, random_matrix, whitened_errors)
 from baselines.ddnm import DDNM, ddnm_weights, travel_schedule
-from commands.accuracy import cli_model_params
 from common.errors import SettingError
-from common.models import build_model
 from common.operators import build_operator
 from common.operators.down_sampling import DownSampling
 from common.operators.inpainting import Inpainting
@@ -56,18 +54,6 @@ def ddnm_moves(num_steps: int, length: int = 1, repeat: int = 1) -> list[tuple[i
     ascending = skip_timesteps(num_steps, 1000)[::-1]
     schedule = travel_schedule(num_steps, length, repeat)
     return [(ascending[i], ascending[j] if j >= 0 else -1) for i, j in zip(schedule, schedule[1:])]
-
-
-def measured(operator, model, seed=1):
-    """y = A x + n for one prior draw x, and ȳ = S⁺Uᵀy (float64) for the dense operator."""
-    y = operator.measure(model.sample([make_generator(seed, "x")]), [make_generator(seed, "noise")])
-    svd = operator.svd()
-    s = svd.s.double()
-    return y, torch.where(s > 0, svd.ut(y)[0].double() / s.clamp_min(1e-30), 0)
-
-
-def demo_prior(resolution: int):
-    return build_model(**cli_model_params("demo", resolution))
 
 
 def masked(operator, count=1, seed=0):

@@ -35,12 +35,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import REPO
-from spectral_moments import (DenseOperator, DenseSVD, SpectralGaussian, ddrm_rule, output_moments, random_matrix,
-                              whitened_errors)
+from spectral_moments import (DenseOperator, DenseSVD, SpectralGaussian, ddrm_rule, demo_prior, measured,
+                              output_moments, random_matrix, whitened_errors)
 from baselines.ddrm import DDRM, Spectrum, gaussian_noise_sigma
-from commands.accuracy import cli_model_params
 from common.errors import ConfigError, SettingError
-from common.models import build_model
 from common.operators import build_operator
 from common.random import make_generator
 from common.sampling import build_sampler, unsupported
@@ -56,18 +54,6 @@ Z_MAX = 4.5
 def ddrm_moves(num_steps: int) -> list[tuple[int, int]]:
     timesteps = skip_timesteps(num_steps, 1000)
     return list(zip(timesteps, timesteps[1:] + [-1]))
-
-
-def measured(operator, model, seed=1):
-    """y = A x + n for one prior draw x, and ȳ = S⁺Uᵀy (float64) for the dense operator."""
-    y = operator.measure(model.sample([make_generator(seed, "x")]), [make_generator(seed, "noise")])
-    svd = operator.svd()
-    s = svd.s.double()
-    return y, torch.where(s > 0, svd.ut(y)[0].double() / s.clamp_min(1e-30), 0)
-
-
-def demo_prior(resolution: int):
-    return build_model(**cli_model_params("demo", resolution))
 
 
 def draw(sampler, model, operator, y, count=N, seed=5):

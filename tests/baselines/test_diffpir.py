@@ -6,10 +6,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from baseline_cli import per_task, run_and_resume
-from conftest import REPO
+from baseline_cli import TASK_NAMES, built_for_task, per_task, run_and_resume
 from gaussian_cases import dense_tweedie, gaussian_case
 from baselines.diffpir import DiffPIR, gradient_data_step, quadratic_timesteps, rho
 from commands.accuracy import cli_model_params
@@ -17,7 +15,7 @@ from common.errors import ConfigError, SettingError
 from common.models import build_model
 from common.operators import build_operator
 from common.random import make_generator, randn
-from common.sampling import build_sampler, unsupported
+from common.sampling import unsupported
 from common.vp import abar
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -153,17 +151,10 @@ def test_refusals():
         DiffPIR(num_steps=2000, schedule="uniform").check(model, build_operator(resolution=8, **DOWN))
 
 
-TASK_NAMES = ("down_sampling", "inpainting", "inpainting_rand", "gaussian_blur", "motion_blur", "phase_retrieval",
-              "nonlinear_blur", "hdr")
-
-
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_config_resolves_per_task_and_builds(task):
-    cfg = OmegaConf.create({"sampler": OmegaConf.load(REPO / "configs" / "sampler" / "diffpir.yaml"),
-                            "task": {"name": task}})
-    block = OmegaConf.to_container(cfg.sampler, resolve=True)
+    block, sampler = built_for_task("diffpir", task)
     assert set(block["per_task"]) == set(TASK_NAMES)
-    sampler = build_sampler(block)
     assert isinstance(sampler, DiffPIR)
     assert (sampler.lambda_, sampler.zeta) == (block["per_task"][task]["lambda_"], block["per_task"][task]["zeta"])
 

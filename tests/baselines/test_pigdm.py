@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 from affine_chains import assert_samples_match, moments_vs_posterior, propagate
 from conftest import REPO
-from gaussian_cases import gaussian_case
+from gaussian_cases import assert_batch_invariant, gaussian_case
 from baselines.pigdm import PiGDM, pigdm_score
 from common.counting import count_calls
 from common.errors import ConfigError, SettingError
@@ -141,21 +141,7 @@ def test_model_calls_are_one_forward_and_one_backward_pass_per_step():
 
 
 def test_batch_size_invariance_and_determinism():
-    """Sample i depends only on generator i (per-sample masks): batch of 3 = three batches of 1; reruns are equal."""
-    case = gaussian_case(RANDOM)
-    operator = build_operator(sigma=0.05, resolution=8, **RANDOM)
-    masks = [operator.draw_state(make_generator(0, i))["mask"] for i in range(3)]
-    operator.set_state({"mask": torch.stack(masks)})
-    y = operator.measure(case.model.sample([make_generator(1, i) for i in range(3)]),
-                         [make_generator(2, i) for i in range(3)])
-    sampler = PiGDM(num_steps=5)
-    batch = sampler.sample(case.model, operator, y, generators=[make_generator(3, i) for i in range(3)]).samples
-    again = sampler.sample(case.model, operator, y, generators=[make_generator(3, i) for i in range(3)]).samples
-    assert torch.equal(batch, again)
-    for i in range(3):
-        operator.set_state({"mask": masks[i][None]})
-        one = sampler.sample(case.model, operator, y[i:i + 1], generators=[make_generator(3, i)]).samples
-        torch.testing.assert_close(one[0], batch[i], atol=1e-5, rtol=0)
+    assert_batch_invariant(PiGDM(num_steps=5), RANDOM)
 
 
 def test_refusals():

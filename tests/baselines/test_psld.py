@@ -17,7 +17,8 @@ from common.posterior import dense_operator
 from common.random import make_generator
 from common.sampling import build_sampler, unsupported
 from conftest import REPO
-from latent_baseline_cli import RES, demo_prior, identity_problem, latent_args, latent_run_and_resume, tiny_assets
+from latent_baseline_cli import (RES, assert_batch_invariant, demo_prior, identity_problem, latent_args,
+                                 latent_run_and_resume, tiny_assets)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -104,14 +105,7 @@ def test_reduces_the_posterior_mean_error():
 
 
 def test_batch_size_invariance_and_determinism():
-    model, operator, y, _, _ = identity_problem(DOWN)
-    sampler = PSLD(num_steps=10, omega=1.0, gamma=0.1, eta=0.5)
-    gens = lambda: [make_generator(5, i) for i in range(3)]  # noqa: E731
-    batch = sampler.sample(model, operator, y.expand(3, -1, -1, -1), generators=gens()).samples
-    again = sampler.sample(model, operator, y.expand(3, -1, -1, -1), generators=gens()).samples
-    single = sampler.sample(model, operator, y, generators=gens()[1:2]).samples
-    assert torch.equal(batch, again)
-    torch.testing.assert_close(batch[1:2], single, atol=1e-6, rtol=0)
+    assert_batch_invariant(PSLD(num_steps=10, omega=1.0, gamma=0.1, eta=0.5), DOWN)
 
 
 def test_refuses_nonlinear_operators_and_pixel_models():

@@ -6,10 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
-from baseline_cli import per_task, run_and_resume
-from conftest import REPO
+from baseline_cli import TASK_NAMES, built_for_task, per_task, run_and_resume
 from gaussian_cases import dense_tweedie, gaussian_case
 from baselines.reddiff import REDDiff, reddiff_gradient
 from commands.accuracy import cli_model_params
@@ -18,7 +16,7 @@ from common.models import build_model
 from common.operators import build_operator
 from common.posterior import GaussianMixture, linear_gaussian_posterior
 from common.random import make_generator, randn
-from common.sampling import build_sampler, unsupported
+from common.sampling import unsupported
 from common.vp import abar, skip_timesteps
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -138,17 +136,10 @@ def test_refusals():
             REDDiff(**{key: value})
 
 
-TASK_NAMES = ("down_sampling", "inpainting", "inpainting_rand", "gaussian_blur", "motion_blur", "phase_retrieval",
-              "nonlinear_blur", "hdr")
-
-
 @pytest.mark.parametrize("task", TASK_NAMES)
 def test_config_resolves_per_task_and_builds(task):
-    cfg = OmegaConf.create({"sampler": OmegaConf.load(REPO / "configs" / "sampler" / "reddiff.yaml"),
-                            "task": {"name": task}})
-    block = OmegaConf.to_container(cfg.sampler, resolve=True)
+    block, sampler = built_for_task("reddiff", task)
     assert set(block["per_task"]) == set(TASK_NAMES)
-    sampler = build_sampler(block)
     assert isinstance(sampler, REDDiff)
     assert (sampler.lambda_, sampler.lr) == (block["per_task"][task]["lambda_"], block["per_task"][task]["lr"])
 

@@ -20,7 +20,8 @@ from common.random import make_generator, randn
 from common.sampling import build_sampler, unsupported
 from common.vp import abar
 from conftest import REPO
-from latent_baseline_cli import demo_prior, identity_problem, latent_run_and_resume, tiny_assets
+from latent_baseline_cli import (assert_batch_invariant, demo_prior, identity_problem, latent_run_and_resume,
+                                 tiny_assets)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -187,14 +188,7 @@ def test_nonlinear_tasks_run(task):
 
 
 def test_batch_size_invariance_and_determinism():
-    model, operator, y, _, _ = identity_problem(DOWN)
-    sampler = ReSample(**SMALL)
-    gens = lambda: [make_generator(5, i) for i in range(3)]  # noqa: E731
-    batch = sampler.sample(model, operator, y.expand(3, -1, -1, -1), generators=gens()).samples
-    again = sampler.sample(model, operator, y.expand(3, -1, -1, -1), generators=gens()).samples
-    single = sampler.sample(model, operator, y, generators=gens()[1:2]).samples
-    assert torch.equal(batch, again)
-    torch.testing.assert_close(batch[1:2], single, atol=1e-6, rtol=0)
+    assert_batch_invariant(ReSample(**SMALL), DOWN)
 
 
 def test_refusals():
