@@ -77,6 +77,18 @@ need_lpips() {
     need "$TORCH_CHECKPOINTS/lpips_weights.pt" lpips
 }
 
+# need_pixel_tables: what the pixel-space tables (pixel.sh, baselines.sh) need: the non-linear blur network, the
+# LPIPS weights, and per dataset (ffhq, imagenet) its ADM checkpoint and test set.
+need_pixel_tables() {
+    need checkpoints/GOPRO_wVAE.pth models
+    need_lpips
+    local dataset
+    for dataset in ffhq imagenet; do
+        need "checkpoints/${dataset}256.pt" models
+        need "dataset/test-$dataset" data
+    done
+}
+
 # need_hf MODEL_ID: a Stable Diffusion model in the Hugging Face cache (or a local diffusers folder).
 need_hf() {
     if [ -d "$1" ]; then need "$1" sd; else need "$HF_CACHE/models--${1//\//--}" sd; fi

@@ -15,12 +15,7 @@ ALL_TASKS=$LINEAR_TASKS,nonlinear_blur,hdr,phase_retrieval
 declare -A TASKS=([ddrm]=$SVD_TASKS [ddnm]=$LINEAR_TASKS [pigdm]=$LINEAR_TASKS [mmps]=$LINEAR_TASKS
                   [diffpir]=$ALL_TASKS [reddiff]=$ALL_TASKS)
 
-need checkpoints/GOPRO_wVAE.pth models
-need_lpips
-for dataset in ffhq imagenet; do
-    need "checkpoints/${dataset}256.pt" models
-    need "dataset/test-$dataset" data
-done
+need_pixel_tables
 check_needs
 
 for dataset in ffhq imagenet; do

@@ -7,12 +7,7 @@
 source "$(dirname "$0")/_common.sh"
 parse_args "$@"
 
-need checkpoints/GOPRO_wVAE.pth models
-need_lpips
-for dataset in ffhq imagenet; do
-    need "checkpoints/${dataset}256.pt" models
-    need "dataset/test-$dataset" data
-done
+need_pixel_tables
 check_needs
 
 for dataset in ffhq imagenet; do
