@@ -2,9 +2,10 @@ r"""A Gaussian-mixture prior with a closed-form denoiser at every σ (an exact t
 
 Model. K components, each a stationary Gaussian of :mod:`common.models.gaussian` around its own mean image:
 
-    p(x) = Σ_k w_k N(x; μ_k, Σ_k),   Σ_k = (U ⊗ F^H) diag(P_k) (Uᵀ ⊗ F),
+    p(x) = Σ_k w_k N(x; μ_k, Σ_k),   Σ_k = (U ⊗ T^H) diag(P_k) (Uᵀ ⊗ T),
 
-with a shared orthonormal colour basis U, the orthonormal 2-D DFT F and per-component 1/f^α power spectra
+with a shared orthonormal colour basis U, the shared orthonormal 2-D transform T of the ``boundary`` condition
+(the DFT for ``periodic``, the DCT-II for ``reflect``) and per-component 1/f^α power spectra
 P_k (variance v_k, slope α_k per colour channel). A mean μ_k is one value per channel or a full (C, H, W)
 image, so components may differ only in a region (what a box-inpainting measurement cannot see).
 
@@ -15,7 +16,7 @@ Denoiser. For x_σ = x + σ ε every component stays Gaussian, N(μ_k, Σ_k + σ
     r_k(x, σ) = softmax_k [ log w_k + log N(x; μ_k, Σ_k + σ²I) ],
     log N(x; μ_k, Σ_k + σ²I) = −½ Σ_f |n̂_{k,f}|² / (P_{k,f} + σ²) − ½ Σ_f log(P_{k,f} + σ²) − (D/2) log 2π,
 
-with n̂_k = F Uᵀ (x − μ_k) (the quadratic form is real because P_k(f) = P_k(−f)). Exact at every σ.
+with n̂_k = T Uᵀ (x − μ_k) (for the DFT the quadratic form is real because P_k(f) = P_k(−f)). Exact at every σ.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torch
 from common.config_keys import check_keys
 from common.models.base import DiffusionModel, sigma_like
 from common.errors import SettingError, real
-from common.models.gaussian import GaussianPrior, image_size, reals
+from common.models.gaussian import GaussianPrior, image_size, reals, squared_magnitude
 from common.registry import MODELS
 
 COMPONENT_KEYS = ("weight", "mean", "variance", "alpha")
@@ -54,7 +55,8 @@ class GaussianMixturePrior(DiffusionModel):
     task_groups = ("gaussian", "pixel", "pixel_hmc")
 
     def __init__(self, resolution: int | Sequence[int], components: Sequence[Mapping[str, Any]],
-                 color_basis: Sequence[Sequence[float]] | None = None, f0: float = 0.01) -> None:
+                 color_basis: Sequence[Sequence[float]] | None = None, f0: float = 0.01,
+                 boundary: str = "periodic") -> None:
         h, w = image_size(resolution)
         if isinstance(components, (str, bytes)) or not isinstance(components, Sequence) or not components:
             raise SettingError("components", components, "need a list of one or more components (each with weight, "
@@ -74,9 +76,10 @@ class GaussianMixturePrior(DiffusionModel):
         for i, c in enumerate(components):
             try:
                 covariances.append(GaussianPrior((h, w), mean=[0.0] * channels, variance=c["variance"],
-                                                 alpha=c["alpha"], color_basis=color_basis, f0=f0))
+                                                 alpha=c["alpha"], color_basis=color_basis, f0=f0,
+                                                 boundary=boundary))
             except SettingError as err:  # the shared settings keep their key; a component's get its index
-                raise (err if err.key in ("color_basis", "f0") else err.at(f"components[{i}]")) from None
+                raise (err if err.key in ("color_basis", "f0", "boundary") else err.at(f"components[{i}]")) from None
         self.covariances = torch.nn.ModuleList(covariances)
         self.register_buffer("means", torch.stack(
             [_mean_image(c["mean"], self.sample_shape, i) for i, c in enumerate(components)]))
@@ -90,17 +93,17 @@ class GaussianMixturePrior(DiffusionModel):
     def _logits_and_filtered(self, x: torch.Tensor, sigma: float | torch.Tensor
                              ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits log w_k + log N(x; μ_k, Σ_k + σ²I) up to a shared constant, (B, K) float64, and the
-        whitened Wiener outputs P_k/(P_k + σ²) ⊙ n̂_k. The colour basis U is shared, so one FFT of x
-        serves every component: n̂_k = F Uᵀ x − F Uᵀ μ_k."""
+        whitened Wiener outputs P_k/(P_k + σ²) ⊙ n̂_k. U and T are shared, so one transform of x
+        serves every component: n̂_k = T Uᵀ x − T Uᵀ μ_k."""
         x = x.float()
         s2 = sigma_like(sigma, x).reshape(-1, 1, 1, 1) ** 2
-        to_white = self.covariances[0]._to_white            # F Uᵀ (·): zero-mean components, shared U
+        to_white = self.covariances[0]._to_white            # T Uᵀ (·): zero-mean components, shared U and T
         white_x, white_means = to_white(x), to_white(self.means)
         logits, filtered = [], []
         for white_mean, cov in zip(white_means, self.covariances):
             white = white_x - white_mean
             var = cov.spectrum + s2
-            quad = ((white.real ** 2 + white.imag ** 2) / var).flatten(1).double().sum(1)
+            quad = (squared_magnitude(white) / var).flatten(1).double().sum(1)
             logits.append(-0.5 * quad - 0.5 * var.double().log().flatten(1).sum(1))
             filtered.append(cov.spectrum / var * white)
         return torch.stack(logits, 1) + self.log_weights.double(), filtered
@@ -110,7 +113,7 @@ class GaussianMixturePrior(DiffusionModel):
         return torch.softmax(self._logits_and_filtered(x, sigma)[0], dim=1)
 
     def tweedie(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
-        """D(x; σ) = Σ_k r_k μ_k + U F^H [Σ_k r_k P_k/(P_k + σ²) ⊙ n̂_k] (one inverse FFT for all k)."""
+        """D(x; σ) = Σ_k r_k μ_k + U T^H [Σ_k r_k P_k/(P_k + σ²) ⊙ n̂_k] (one inverse transform for all k)."""
         logits, filtered = self._logits_and_filtered(x, sigma)
         resp = torch.softmax(logits, dim=1).float()
         mean = torch.einsum("bk,kchw->bchw", resp, self.means)

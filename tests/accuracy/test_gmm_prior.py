@@ -17,12 +17,12 @@ from common.random import make_generator
 DEMO = dict(variance=[0.25, 0.1, 0.05], alpha=[2.0, 2.5, 1.5])
 
 
-def small_mixture(resolution=4):
+def small_mixture(resolution=4, boundary="periodic"):
     comps = [dict(weight=0.5, mean=[0.3, 0.0, -0.2], **DEMO),
              dict(weight=0.3, mean=[-0.4, 0.2, 0.1], variance=[0.1, 0.2, 0.02], alpha=[1.0, 3.0, 2.0]),
              dict(weight=0.2, mean=torch.linspace(-0.5, 0.5, 3 * resolution ** 2).reshape(3, resolution, resolution)
                   .tolist(), **DEMO)]
-    return GaussianMixturePrior(resolution, comps, f0=0.2)
+    return GaussianMixturePrior(resolution, comps, f0=0.2, boundary=boundary)
 
 
 def dense_tweedie(model, x, sigma):
@@ -39,9 +39,10 @@ def dense_tweedie(model, x, sigma):
     return sum(r[k] * means[k] for k in range(len(means))), r
 
 
+@pytest.mark.parametrize("boundary", ["periodic", "reflect"])
 @pytest.mark.parametrize("sigma", [0.02, 0.3, 2.0, 50.0])
-def test_denoiser_matches_dense_bayes(sigma):
-    model = small_mixture()
+def test_denoiser_matches_dense_bayes(sigma, boundary):
+    model = small_mixture(boundary=boundary)
     x0 = model.sample([make_generator(1, i) for i in range(3)])
     x = x0 + sigma * torch.randn(x0.shape, generator=torch.Generator().manual_seed(2))
     out = model.tweedie(x, sigma)

@@ -1,11 +1,11 @@
-"""Small linear-Gaussian test problems on the demo prior (configs/model/demo.yaml values) with dense matrices."""
+"""Small linear-Gaussian test problems on the accuracy problems' Gaussian prior (commands.accuracy.GAUSS_PRIOR) with dense matrices."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from commands.accuracy import cli_model_params
+from commands.accuracy import gauss_prior_params
 from common.models import build_model
 from common.models.base import DiffusionModel
 from common.operators import build_operator
@@ -29,7 +29,7 @@ class GaussianCase:
 def gaussian_case(task: dict, sigma_y: float = 0.05, resolution: int = 8, seed: int = 0) -> GaussianCase:
     """The demo prior at ``resolution``, operator ``task`` (a task config's operator block) with its state drawn
     from ``seed``, and y = A x + n for a prior draw x."""
-    model = build_model(**cli_model_params("demo", resolution))
+    model = build_model(**gauss_prior_params(resolution))
     operator = build_operator(sigma=sigma_y, resolution=resolution, **task)
     operator.set_state({k: v[None] for k, v in operator.draw_state(make_generator(seed, "state")).items()})
     x = model.sample([make_generator(seed, "x")])

@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from commands.accuracy import cli_model_params
+from commands.accuracy import gauss_prior_params
 from common.models import build_model
 from common.models.base import DiffusionModel
 from common.operators.base import SVDOperator
@@ -208,4 +208,4 @@ def measured(operator, model, seed=1):
 
 
 def demo_prior(resolution: int):
-    return build_model(**cli_model_params("demo", resolution))
+    return build_model(**gauss_prior_params(resolution))

@@ -10,7 +10,7 @@ import torch
 from baseline_cli import TASK_NAMES, built_for_task, per_task, run_and_resume
 from gaussian_cases import dense_tweedie, gaussian_case
 from baselines.diffpir import DiffPIR, gradient_data_step, quadratic_timesteps, rho
-from commands.accuracy import cli_model_params
+from commands.accuracy import gauss_prior_params
 from common.errors import ConfigError, SettingError
 from common.models import build_model
 from common.operators import build_operator
@@ -98,7 +98,7 @@ def test_quadratic_schedule_is_the_authors():
 
 def test_rho_is_the_authors_weight_in_our_units():
     """ρ_t = λ (σ_y/2)²/σ̄_t² (σ_y/2 = the authors' [0, 1]-unit std), floored at σ_y/2 = 0.001."""
-    model = build_model(**cli_model_params("demo", 8))
+    model = build_model(**gauss_prior_params(8))
     sigma_bar2 = 1 / float(model.alphas_cumprod[500]) - 1
     assert rho(7.0, 0.1, model, 500) == pytest.approx(7.0 * 0.05 ** 2 / sigma_bar2)
     assert rho(1.0, 0.0, model, 500) == pytest.approx(1e-6 / sigma_bar2)
@@ -107,7 +107,7 @@ def test_rho_is_the_authors_weight_in_our_units():
 @pytest.mark.parametrize("task", [dict(name="phase_retrieval", oversample=2.0),
                                   dict(name="high_dynamic_range", scale=2.0)])
 def test_nonlinear_tasks_run_with_gradient_steps(task):
-    model = build_model(**cli_model_params("demo", 16))
+    model = build_model(**gauss_prior_params(16))
     operator = build_operator(sigma=0.05, resolution=16, **task)
     assert "prox" not in operator.capabilities
     x = model.sample([make_generator(0, "x")])
@@ -131,7 +131,7 @@ def test_batch_size_invariance_and_determinism():
 
 
 def test_runs_on_every_pixel_task_and_no_latent_model():
-    model = build_model(**cli_model_params("demo", 8))
+    model = build_model(**gauss_prior_params(8))
     for task in (DOWN, dict(name="phase_retrieval"), dict(name="high_dynamic_range")):
         assert unsupported(DiffPIR, model, build_operator(resolution=8, **task)) is None
     assert "pixel" in unsupported(DiffPIR, SimpleNamespace(latent=True), build_operator(resolution=8, **DOWN))
@@ -143,7 +143,7 @@ def test_refusals():
                        ("clip_denoised", "yes")):
         with pytest.raises(SettingError, match=key):
             DiffPIR(**{key: value})
-    model = build_model(**cli_model_params("demo", 8))
+    model = build_model(**gauss_prior_params(8))
     poisson = build_operator(name="down_sampling", resolution=8, scale_factor=4, noise="poisson", rate=1.0)
     with pytest.raises(ConfigError, match="reddiff"):
         DiffPIR().check(model, poisson)

@@ -10,7 +10,7 @@ import torch
 from baseline_cli import TASK_NAMES, built_for_task, per_task, run_and_resume
 from gaussian_cases import dense_tweedie, gaussian_case
 from baselines.reddiff import REDDiff, reddiff_gradient
-from commands.accuracy import cli_model_params
+from commands.accuracy import gauss_prior_params
 from common.errors import SettingError
 from common.models import build_model
 from common.operators import build_operator
@@ -99,7 +99,7 @@ def test_estimate_moves_from_the_pseudo_inverse_towards_the_posterior_mean():
 @pytest.mark.parametrize("task", [dict(name="phase_retrieval", oversample=2.0),
                                   dict(name="high_dynamic_range", scale=2.0)])
 def test_nonlinear_tasks_run(task):
-    model = build_model(**cli_model_params("demo", 16))
+    model = build_model(**gauss_prior_params(16))
     operator = build_operator(sigma=0.05, resolution=16, **task)
     x = model.sample([make_generator(0, "x")])
     y = operator.measure(x, [make_generator(0, "n")])
@@ -123,7 +123,7 @@ def test_batch_size_invariance_and_determinism():
 
 
 def test_runs_on_every_pixel_task_and_no_latent_model():
-    model = build_model(**cli_model_params("demo", 8))
+    model = build_model(**gauss_prior_params(8))
     for task in (DOWN, dict(name="phase_retrieval"), dict(name="high_dynamic_range")):
         assert unsupported(REDDiff, model, build_operator(resolution=8, **task)) is None
     assert "pixel" in unsupported(REDDiff, SimpleNamespace(latent=True), build_operator(resolution=8, **DOWN))

@@ -62,18 +62,19 @@ def test_demo_posterior_mean_beats_every_single_sample(demo):
         reported = metrics["images"][str(image_id)]["posterior"]["psnr_of_mean"]
         assert reported == pytest.approx(psnr(samples.mean(0), gt), abs=0.01)
         assert reported > max(psnr(s, gt) for s in samples)
-    # averaged over the images: the mean's PSNR is > 1 dB above the samples' (20.9 against 19.7 dB)
-    assert metrics["uncertainty"]["psnr_of_mean"]["mean"] > metrics["summary"]["psnr"]["mean"] + 1.0
+    # averaged over the images: the mean's PSNR is > 0.3 dB above the samples' (21.7 against 21.2 dB measured)
+    assert metrics["uncertainty"]["psnr_of_mean"]["mean"] > metrics["summary"]["psnr"]["mean"] + 0.3
     page = (demo / "report.html").read_text()
     assert "PSNR of the posterior mean" in page and "minimum-mean-squared-error" in page
 
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "the demo's prior is a stationary Gaussian: even its exact posterior mean E[x|y] (conjugate gradients, "
-    "measured) scores 17.38/20.21/23.61/24.60 dB against bicubic 17.32/20.20/23.49/25.20 dB on astronaut/"
-    "coffee/chelsea/rocket, and the 4-run mean 17.34/19.97/22.77/23.61 dB; beating bicubic everywhere needs "
-    "another demo prior or image set (issue 20)"))
+    "the 4-run mean scores 17.79/20.53/23.49/25.07 dB against bicubic 17.32/20.20/23.49/25.20 dB on astronaut/"
+    "coffee/chelsea/rocket (chelsea loses by 0.002 dB). More runs do not close it: DAPS's pixel settings "
+    "(tau = 0.01) target the posterior of noise std tau/sqrt(2) = 0.007, not the operator's 0.05, and that "
+    "posterior's exact mean scores 23.49 and 25.05 dB on chelsea and rocket (the prior's exact E[x | y] at "
+    "sigma_y = 0.05: 23.74 and 25.56 dB). Measured with the reflect (DCT) demo prior; issue 20"))
 def test_demo_posterior_mean_beats_bicubic_upsampling_of_y(demo):
     for image_id, (gt, y, samples) in _images(demo).items():
         bicubic = F.interpolate(y[None].float(), size=gt.shape[-2:], mode="bicubic", align_corners=False)[0]

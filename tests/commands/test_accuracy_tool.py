@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from commands import accuracy
-from commands.accuracy import (COLUMNS, LANGEVIN, Problem, SamplerSpec, cli_model_params, daps_spec, dps_spec,
+from commands.accuracy import (COLUMNS, LANGEVIN, Problem, SamplerSpec, daps_spec, dps_spec, gauss_prior_params,
                                run_one, steps_for_calls)
 from common.models import build_model
 from common.operators import build_operator
@@ -59,7 +59,7 @@ def test_quick_run_writes_the_table(tmp_path, capsys):
 
 # ------------------------------------------------------------------------------------------------ properties
 def demo_problem(task, sigma_y, resolution=8, seed=0):
-    model = build_model(**cli_model_params("demo", resolution))
+    model = build_model(**gauss_prior_params(resolution))
     op = build_operator(sigma=sigma_y, resolution=resolution, **task)
     op.set_state({k: v[None] for k, v in op.draw_state(make_generator(seed, "state")).items()})
     x = model.sample([make_generator(seed, "x")])

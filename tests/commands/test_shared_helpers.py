@@ -13,12 +13,12 @@ from common.operators import build_operator
 from common.precision import PRECISIONS, autocast, compute_dtype
 from common.random import make_generator
 from common.tables import aligned, csv_text, markdown
-from commands.accuracy import cli_model_params
+from commands.accuracy import gauss_prior_params
 
 
 def test_count_calls_counts_outermost_evaluations_per_sample_and_restores_the_model():
     """The analytic prior's ddpm_output goes through tweedie: one evaluation, counted once per sample."""
-    model = build_model(**cli_model_params("demo", 8))
+    model = build_model(**gauss_prior_params(8))
     x = torch.zeros(3, *model.sample_shape)
     with count_calls(model) as counts:
         model.tweedie(x, 1.0)
