@@ -38,7 +38,7 @@ from common.operators.linalg import SVD
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, denoise, sigma_of, skip_timesteps
+from common.vp import abar, denoise, sigma_of, skip_timesteps, transitions
 
 
 @dataclass(frozen=True)
@@ -114,8 +114,7 @@ class DDRM:
         zeros = torch.zeros_like(spectrum.ybar)
         coefficients = ddrm_update(zeros, zeros, noise(), spectrum, sigma_of(model, timesteps[0]), sigma_y, 1.0, 1.0)
         x_t = abar(model, timesteps[0]) ** 0.5 * spectrum.svd.v(coefficients)
-        for step, t in enumerate(timesteps):
-            t_next = timesteps[step + 1] if step + 1 < len(timesteps) else -1
+        for step, (t, t_next) in enumerate(transitions(timesteps)):
             x0hat, eps = denoise(model, x_t, t)
             coefficients = ddrm_update(spectrum.svd.vt(x0hat), spectrum.svd.vt(eps), noise(), spectrum,
                                        sigma_of(model, t_next), sigma_y, self.eta, self.eta_b)

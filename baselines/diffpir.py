@@ -44,7 +44,7 @@ from common.operators.base import Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, denoise, sigma_of, skip_timesteps
+from common.vp import abar, denoise, sigma_of, skip_timesteps, transitions
 
 #: the σ_n floor of the authors' code, in [0, 1] units (σ_y/2 on our [−1, 1] images)
 SIGMA_FLOOR = 1e-3
@@ -136,8 +136,7 @@ class DiffPIR:
         device = y.device
         tracker = DivergenceTracker(len(generators))
         x = randn(model.sample_shape, generators, device=device)
-        for step, t in enumerate(steps):
-            s = steps[step + 1] if step + 1 < len(steps) else -1
+        for step, (t, s) in enumerate(transitions(steps)):
             a_t, a_s = abar(model, t), abar(model, s)
             x0hat, _ = denoise(model, x, t)
             if self.clip_denoised:

@@ -45,7 +45,7 @@ from common.operators.base import LinearOperator, Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, ddim_sigma, ddim_step, denoise, sigma_of, skip_timesteps
+from common.vp import abar, ddim_sigma, ddim_step, denoise, sigma_of, skip_timesteps, transitions
 
 
 def pigdm_score(lin: DenoiserLinearization, operator: LinearOperator, y: torch.Tensor, abar_t: float,
@@ -89,8 +89,7 @@ class PiGDM:
         device = y.device
         tracker = DivergenceTracker(len(generators))
         x = randn(model.sample_shape, generators, device=device)
-        for step, t in enumerate(steps):
-            s = steps[step + 1] if step + 1 < len(steps) else -1
+        for step, (t, s) in enumerate(transitions(steps)):
             a_t, a_s = abar(model, t), abar(model, s)
             lin = DenoiserLinearization.of(lambda x_t: denoise(model, x_t, t)[0], x)
             eps = (x - a_t ** 0.5 * lin.value) / (1 - a_t) ** 0.5  # ε̂ (x̂0 is not clipped)

@@ -48,7 +48,7 @@ from common.operators.base import LinearOperator, Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, ddim_sigma, ddim_step, denoise, sigma_of, skip_timesteps
+from common.vp import abar, ddim_sigma, ddim_step, denoise, sigma_of, skip_timesteps, transitions
 
 
 class NormalMap(torch.autograd.Function):
@@ -110,8 +110,7 @@ class PSLD:
         device = y.device
         tracker = DivergenceTracker(len(generators))
         z = randn(model.sample_shape, generators, device=device)
-        for step, t in enumerate(steps):
-            s = steps[step + 1] if step + 1 < len(steps) else -1
+        for step, (t, s) in enumerate(transitions(steps)):
             a_t, a_s = abar(model, t), abar(model, s)
             sigma = ddim_sigma(a_t, a_s, self.eta)
             noise = randn(model.sample_shape, generators, device=device) if sigma > 0 else None

@@ -50,7 +50,7 @@ from common.operators.base import Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, ddim_step, denoise, sigma_of, skip_timesteps
+from common.vp import abar, ddim_step, denoise, sigma_of, skip_timesteps, transitions
 
 #: AdamW as the authors call it (torch.optim.AdamW defaults): β1, β2, ε, decoupled weight decay
 ADAMW_BETAS = (0.9, 0.999)
@@ -188,8 +188,7 @@ class ReSample:
         device = y.device
         tracker = DivergenceTracker(len(generators))
         z = randn(model.sample_shape, generators, device=device)
-        for step, t in enumerate(steps):
-            s = steps[step + 1] if step + 1 < len(steps) else -1
+        for step, (t, s) in enumerate(transitions(steps)):
             a_t, a_s = abar(model, t), abar(model, s)
             with torch.enable_grad():
                 z_in = z.detach().requires_grad_(True)

@@ -10,6 +10,8 @@ same state is x_t / sqrt(ᾱ_t) at noise level σ_t = sqrt(1/ᾱ_t − 1).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from common.errors import SettingError
@@ -24,6 +26,12 @@ def skip_timesteps(num_steps: int, num_timesteps: int) -> list[int]:
                                                    f"steps T)")
     skip = num_timesteps // num_steps
     return list(range(0, num_timesteps, skip))[:num_steps][::-1]
+
+
+def transitions(steps: Sequence[int]) -> list[tuple[int, int]]:
+    """(t, s) for each step of a descending schedule: s the next timestep, −1 (ᾱ = 1, the clean end) after the
+    last."""
+    return list(zip(steps, [*steps[1:], -1]))
 
 
 def abar(model: DiffusionModel, t: int) -> float:

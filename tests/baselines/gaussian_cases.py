@@ -1,17 +1,21 @@
-"""Small linear-Gaussian test problems on the accuracy problems' Gaussian prior (commands.accuracy.GAUSS_PRIOR) with dense matrices."""
+"""Small linear-Gaussian test problems on the accuracy problems' Gaussian prior (commands.accuracy.GAUSS_PRIOR), with
+dense matrices, and the checks several baseline tests share."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 
 from commands.accuracy import gauss_prior_params
+from common.errors import ConfigError
 from common.models import build_model
 from common.models.base import DiffusionModel
 from common.operators import build_operator
 from common.operators.base import Operator
 from common.posterior import dense_operator
 from common.random import make_generator
+from common.sampling import unsupported
 
 
 @dataclass
@@ -62,3 +66,25 @@ def assert_batch_invariant(sampler, task: dict, resolution: int = 8) -> None:
         operator.set_state({"mask": masks[i][None]})
         one = sampler.sample(case.model, operator, y[i:i + 1], generators=[make_generator(3, i)]).samples
         torch.testing.assert_close(one[0], batch[i], atol=1e-5, rtol=0)
+
+
+def assert_copies_batch_invariant(sampler, model, operator, y: torch.Tensor) -> None:
+    """Three copies of one measurement ``y``: the batch equals its item 1 sampled alone with the same generator, and
+    a rerun is bit-identical."""
+    gens = lambda: [make_generator(5, i) for i in range(3)]  # noqa: E731
+    batch = sampler.sample(model, operator, y.expand(3, -1, -1, -1), generators=gens()).samples
+    again = sampler.sample(model, operator, y.expand(3, -1, -1, -1), generators=gens()).samples
+    single = sampler.sample(model, operator, y, generators=gens()[1:2]).samples
+    assert torch.equal(batch, again)
+    torch.testing.assert_close(batch[1:2], single, atol=1e-6, rtol=0)
+
+
+def assert_refuses_nonlinear_and_poisson(cls, task: dict) -> None:
+    """Sampler class ``cls`` (linear operators, Gaussian noise): phase retrieval is unsupported naming "linear", and a
+    Poisson-noise ``task`` operator stops sampling naming "Gaussian"."""
+    model = gaussian_case(task).model
+    message = unsupported(cls, model, build_operator(name="phase_retrieval", sigma=0.05, resolution=8, oversample=2.0))
+    assert message is not None and "linear" in message
+    poisson = build_operator(resolution=8, noise="poisson", rate=1.0, **task)
+    with pytest.raises(ConfigError, match="Gaussian"):
+        cls(num_steps=2).sample(model, poisson, torch.zeros(1, 3, 2, 2), generators=[make_generator(0)])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
 import yaml
 from omegaconf import OmegaConf
 from PIL import Image
@@ -18,6 +17,7 @@ from common.operators import build_operator
 from common.posterior import dense_operator, linear_gaussian_posterior, prior_mixture
 from common.random import make_generator
 from conftest import REPO
+from gaussian_cases import assert_copies_batch_invariant
 from ldm_tiny import model_overrides, write_checkpoint
 from sd_tiny import build_tiny_sd
 
@@ -95,9 +95,4 @@ def assert_batch_invariant(sampler, task: dict) -> None:
     """On the identity-autoencoder problem of ``task``: a batch of 3 equals its item 1 sampled alone with the same
     generator, and a rerun is bit-identical."""
     model, operator, y, _, _ = identity_problem(task)
-    gens = lambda: [make_generator(5, i) for i in range(3)]  # noqa: E731
-    batch = sampler.sample(model, operator, y.expand(3, -1, -1, -1), generators=gens()).samples
-    again = sampler.sample(model, operator, y.expand(3, -1, -1, -1), generators=gens()).samples
-    single = sampler.sample(model, operator, y, generators=gens()[1:2]).samples
-    assert torch.equal(batch, again)
-    torch.testing.assert_close(batch[1:2], single, atol=1e-6, rtol=0)
+    assert_copies_batch_invariant(sampler, model, operator, y)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from baseline_cli import TASK_NAMES, built_for_task, per_task, run_and_resume
-from gaussian_cases import dense_tweedie, gaussian_case
+from gaussian_cases import assert_copies_batch_invariant, dense_tweedie, gaussian_case
 from baselines.diffpir import DiffPIR, gradient_data_step, quadratic_timesteps, rho
 from commands.accuracy import gauss_prior_params
 from common.errors import ConfigError, SettingError
@@ -122,12 +122,7 @@ def test_nonlinear_tasks_run_with_gradient_steps(task):
 def test_batch_size_invariance_and_determinism():
     case = gaussian_case(DOWN, resolution=8)
     sampler = DiffPIR(num_steps=10, lambda_=4.0, zeta=0.3)
-    gens = lambda: [make_generator(5, i) for i in range(3)]  # noqa: E731
-    batch = sampler.sample(case.model, case.operator, case.y.expand(3, -1, -1, -1), generators=gens()).samples
-    again = sampler.sample(case.model, case.operator, case.y.expand(3, -1, -1, -1), generators=gens()).samples
-    single = sampler.sample(case.model, case.operator, case.y, generators=gens()[1:2]).samples
-    assert torch.equal(batch, again)
-    torch.testing.assert_close(batch[1:2], single, atol=1e-6, rtol=0)
+    assert_copies_batch_invariant(sampler, case.model, case.operator, case.y)
 
 
 def test_runs_on_every_pixel_task_and_no_latent_model():
@@ -157,7 +152,6 @@ def test_config_resolves_per_task_and_builds(task):
     assert set(block["per_task"]) == set(TASK_NAMES)
     assert isinstance(sampler, DiffPIR)
     assert (sampler.lambda_, sampler.zeta) == (block["per_task"][task]["lambda_"], block["per_task"][task]["zeta"])
-
 
 
 @pytest.mark.slow  # end to end: the first run in a process pays the entry point's imports (~15 s on 2 cores)

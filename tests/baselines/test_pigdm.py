@@ -22,15 +22,14 @@ from omegaconf import OmegaConf
 
 from affine_chains import assert_samples_match, moments_vs_posterior, propagate
 from conftest import REPO
-from gaussian_cases import assert_batch_invariant, gaussian_case
+from gaussian_cases import assert_batch_invariant, assert_refuses_nonlinear_and_poisson, gaussian_case
 from baselines.pigdm import PiGDM, pigdm_score
 from common.counting import count_calls
-from common.errors import ConfigError, SettingError
+from common.errors import SettingError
 from common.guidance import DenoiserLinearization
-from common.operators import build_operator
 from common.posterior import GaussianMixture, linear_gaussian_posterior
 from common.random import make_generator
-from common.sampling import build_sampler, unsupported
+from common.sampling import build_sampler
 from common.vp import abar, ddim_sigma, denoise
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -146,18 +145,12 @@ def test_batch_size_invariance_and_determinism():
 
 def test_refusals():
     """Non-linear operators (no "linear" capability), Poisson noise and bad settings are refused by name."""
-    model = gaussian_case(DOWN).model
-    message = unsupported(PiGDM, model, build_operator(name="phase_retrieval", sigma=0.05, resolution=8,
-                                                       oversample=2.0))
-    assert message is not None and "linear" in message
-    poisson = build_operator(resolution=8, noise="poisson", rate=1.0, **DOWN)
-    with pytest.raises(ConfigError, match="Gaussian"):
-        PiGDM(num_steps=2).sample(model, poisson, torch.zeros(1, 3, 2, 2), generators=[make_generator(0)])
+    assert_refuses_nonlinear_and_poisson(PiGDM, DOWN)
     for key, value in (("num_steps", 0), ("num_steps", 10.0), ("eta", 1.5), ("eta", float("nan"))):
         with pytest.raises(SettingError, match=key):
             PiGDM(**{key: value})
     with pytest.raises(SettingError, match="num_steps"):
-        PiGDM(num_steps=1001).timesteps(model)
+        PiGDM(num_steps=1001).timesteps(gaussian_case(DOWN).model)
 
 
 def test_config_builds_the_paper_defaults():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from baseline_cli import TASK_NAMES, built_for_task, per_task, run_and_resume
-from gaussian_cases import dense_tweedie, gaussian_case
+from gaussian_cases import assert_copies_batch_invariant, dense_tweedie, gaussian_case
 from baselines.reddiff import REDDiff, reddiff_gradient
 from commands.accuracy import gauss_prior_params
 from common.errors import SettingError
@@ -114,12 +114,7 @@ def test_nonlinear_tasks_run(task):
 def test_batch_size_invariance_and_determinism():
     case = gaussian_case(DOWN, resolution=8)
     sampler = REDDiff(num_steps=10)
-    gens = lambda: [make_generator(5, i) for i in range(3)]  # noqa: E731
-    batch = sampler.sample(case.model, case.operator, case.y.expand(3, -1, -1, -1), generators=gens()).samples
-    again = sampler.sample(case.model, case.operator, case.y.expand(3, -1, -1, -1), generators=gens()).samples
-    single = sampler.sample(case.model, case.operator, case.y, generators=gens()[1:2]).samples
-    assert torch.equal(batch, again)
-    torch.testing.assert_close(batch[1:2], single, atol=1e-6, rtol=0)
+    assert_copies_batch_invariant(sampler, case.model, case.operator, case.y)
 
 
 def test_runs_on_every_pixel_task_and_no_latent_model():
