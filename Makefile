@@ -8,6 +8,7 @@ demo: install
 	$(PYTHON) posterior_sample.py
 
 test: install
+	$(PYTHON) -m pip install -q -r requirements-launchers.txt
 	$(PYTHON) -m pytest -q
 
 bench: install

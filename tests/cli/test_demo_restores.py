@@ -63,6 +63,9 @@ def assert_mean_beats_bicubic(run: Path) -> None:
 
 @pytest.mark.slow
 def test_demo_posterior_mean_beats_every_single_sample(demo):
+    """What holds for the default (DAPS) demo. Its mean does not beat bicubic on every image (chelsea ties, rocket
+    loses by ~0.1 dB): DAPS's pixel settings (tau = 0.01) target the posterior of noise std tau/sqrt(2) = 0.007, not
+    the operator's 0.05, so more runs do not help; the calibrated sampler's mean does (the test below, README)."""
     metrics = json.loads((demo / "metrics.json").read_text())
     images = _images(demo)
     assert len(images) == 4
@@ -75,17 +78,6 @@ def test_demo_posterior_mean_beats_every_single_sample(demo):
     assert metrics["uncertainty"]["psnr_of_mean"]["mean"] > metrics["summary"]["psnr"]["mean"] + 0.3
     page = (demo / "report.html").read_text()
     assert "PSNR of the posterior mean" in page and "minimum-mean-squared-error" in page
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "the 4-run mean scores 17.79/20.53/23.49/25.07 dB against bicubic 17.32/20.20/23.49/25.20 dB on astronaut/"
-    "coffee/chelsea/rocket (chelsea loses by 0.002 dB). More runs do not close it: DAPS's pixel settings "
-    "(tau = 0.01) target the posterior of noise std tau/sqrt(2) = 0.007, not the operator's 0.05, and that "
-    "posterior's exact mean scores 23.49 and 25.05 dB on chelsea and rocket (the prior's exact E[x | y] at "
-    "sigma_y = 0.05: 23.74 and 25.56 dB). Measured with the reflect (DCT) demo prior; issue 20"))
-def test_demo_posterior_mean_beats_bicubic_upsampling_of_y(demo):
-    assert_mean_beats_bicubic(demo)
 
 
 @pytest.mark.slow

@@ -1,5 +1,5 @@
 """The motion-kernel generator: bit-exact against the reference when fed numpy's legacy stream, and the same
-statistics (../shared/fixtures/motion_kernels.pt) when fed our torch generators."""
+statistics (tests/fixtures/motion_kernels.pt) when fed our torch generators."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,6 +1,6 @@
 """Non-linear blur at sizes that are not multiples of 128 (the 64-px demo, 16-px tests): replicate-padded to
 N = 128·⌈n/128⌉, blurred by the network at N, cropped back. Checked against the operator built at N itself
-(no padding there), with the small KernelWizard of ../shared/fixtures/nonlinear_blur_small.pt."""
+(no padding there), with the small KernelWizard of tests/fixtures/nonlinear_blur_small.pt."""
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,5 @@
 """configs/task/*.yaml: every group composes with a data resolution, builds through build_operator, and the
-pixel group carries the DAPS reference values (../shared/fixtures/schedules.json ``pixel_task_configs``)."""
+pixel group carries the DAPS reference values (tests/fixtures/schedules.json ``pixel_task_configs``)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,4 @@
-"""DAPS schedules and step sizes against the reference numbers (../shared/fixtures/schedules.json)."""
+"""DAPS schedules and step sizes against the reference numbers (tests/fixtures/schedules.json)."""
 import torch
 
 from conftest import load_fixture

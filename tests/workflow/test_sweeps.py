@@ -6,7 +6,6 @@ GPU assigned: for tests only.)
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
@@ -23,10 +22,6 @@ from conftest import REPO
 TINY = ["data.resolution=16", "data.end_id=1", "num_runs=1", "sampler.annealing_scheduler_config.num_steps=2",
         "task.gaussian.mcmc_sampler_config.num_steps=2", "eval_fn_list=[psnr]", "show_progress=false",
         "save_traj=false"]
-
-
-def has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
 
 
 def hydra_run(*args: str, timeout: int = 240, cwd: Path = REPO, python: str = sys.executable):
@@ -59,8 +54,6 @@ def test_basic_launcher_sweep_gives_each_job_its_run_directory(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not has("hydra_plugins.hydra_submitit_launcher"),
-                    reason="hydra-submitit-launcher not installed (pip install -r requirements-launchers.txt)")
 def test_submitit_local_sweep_completes_both_jobs(tmp_path):
     result = hydra_run("posterior_sample.py", "-m", "hydra/launcher=submitit_local", *TINY,
                        f"save_dir={tmp_path}", "seed=1,2")
@@ -70,8 +63,6 @@ def test_submitit_local_sweep_completes_both_jobs(tmp_path):
     assert len(list((tmp_path / "demo" / ".submitit").glob("*/*_result.pkl"))) == 2
 
 
-@pytest.mark.skipif(not has("hydra_plugins.hydra_submitit_launcher"),
-                    reason="hydra-submitit-launcher not installed (pip install -r requirements-launchers.txt)")
 def test_slurm_presets_compose():
     launchers = {}
     for preset in ("slurm", "slurm_dp"):
@@ -107,8 +98,6 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not has("hydra_plugins.hydra_ray_launcher"),
-                    reason="hydra-ray-launcher not installed (pip install -r requirements-launchers.txt)")
 def test_local_gpus_preset_gives_each_job_its_own_gpu(tmp_path):
     (tmp_path / "app.py").write_text(RAY_APP)
     (tmp_path / "app.yaml").write_text(textwrap.dedent(f"""
