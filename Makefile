@@ -1,13 +1,16 @@
 PYTHON ?= python3
 
-.PHONY: install demo test bench accuracy
+.PHONY: install demo lint test bench accuracy
 install:
 	$(PYTHON) -m pip install -q -r requirements.txt
 
 demo: install
 	$(PYTHON) posterior_sample.py
 
-test: install
+lint: install
+	$(PYTHON) -m ruff check .
+
+test: lint
 	$(PYTHON) -m pip install -q -r requirements-launchers.txt
 	$(PYTHON) -m pytest -q
 

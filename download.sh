@@ -10,7 +10,7 @@
 #           checkpoints/GOPRO_wVAE.pth     bkse non-linear blur network (Google Drive, needs gdown)
 #   data    dataset/demo-ffhq, dataset/demo-imagenet   the 10+10 demo images of the DAPS repository
 #           dataset/test-ffhq, dataset/test-imagenet   the DAPS 100-image test sets (Google Drive folder, gdown)
-#   lpips   vgg16-397923af.pth, lpips_weights.pt       into $TORCH_HOME/hub/checkpoints (common/metrics.py)
+#   lpips   vgg16-397923af.pth, lpips_weights.pt       into $TORCH_HOME/hub/checkpoints (common/evaluation/metrics.py)
 #           alexnet-owt-7be5be79.pth                   same folder: lpips_alex (lpips_vgg uses the vgg16 file)
 #   fid     pt_inception-2015-12-05-6726825d.pth       TF-FID Inception weights (pytorch-fid), same folder
 #   sd      Stable Diffusion v1.5 and v2.1 (the files diffusers loads) into the Hugging Face cache (`hf download`)

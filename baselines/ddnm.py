@@ -4,7 +4,7 @@ DDNM keeps the denoiser's estimate in the null space of A and replaces its range
 x̂0|t = x0|t − A⁺(A x0|t − y) (eq. 13). DDNM+ (§3.3) handles noisy y = A x + σ_y n by a scaled correction and a
 matching noise adjustment (eq. 17–19), x̂0|t = x0|t − Σ_t A⁺(A x0|t − y), with Σ_t = V diag(λ_t) Vᵀ and the noise
 covariance Φ_t = V diag(γ_t) Vᵀ chosen so that the noise ȳ carries plus the noise added equals the noise level the
-next state must have. In the EDM-scaled VP view of :mod:`common.vp` (x̄ = x/sqrt(ᾱ) = x0 + σ ε, σ = sqrt(1/ᾱ − 1)),
+next state must have. In the EDM-scaled VP view of :mod:`common.sampling.vp` (x̄ = x/sqrt(ᾱ) = x0 + σ ε, σ = sqrt(1/ᾱ − 1)),
 a DDIM step with parameter η from σ to σ' is, following the authors' code (wyhuai/DDNM functions/svd_ddnm.py
 ``ddnm_plus_diffusion`` with the ``Lambda``/``Lambda_noise`` of functions/svd_operators.py),
 
@@ -47,13 +47,13 @@ import torch
 
 from baselines.ddrm import Spectrum
 from common.errors import SettingError, positive_int, real
-from common.guidance import gaussian_noise_sigma
 from common.models.base import DiffusionModel
 from common.operators.base import Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, denoise, sigma_of, skip_timesteps
+from common.sampling.guidance import gaussian_noise_sigma
+from common.sampling.vp import abar, denoise, sigma_of, skip_timesteps
 
 
 def travel_schedule(num_steps: int, travel_length: int, travel_repeat: int) -> list[int]:

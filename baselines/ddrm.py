@@ -2,7 +2,7 @@ r"""DDRM: Denoising Diffusion Restoration Models (Kawar, Elad, Ermon & Song, Neu
 
 DDRM works in the right-singular basis of A = U diag(s) Vᵀ (the operator's ``svd()``). With ȳ = S⁺Uᵀy, each
 coefficient with s_i > 0 is an observation ȳ_i = (Vᵀx0)_i + (σ_y/s_i) n_i of the clean image: a noisy version of
-x0 at noise level σ_y/s_i. In the EDM-scaled VP view of :mod:`common.vp` (x̄_t = x_t/sqrt(ᾱ_t) = x0 + σ_t ε,
+x0 at noise level σ_y/s_i. In the EDM-scaled VP view of :mod:`common.sampling.vp` (x̄_t = x_t/sqrt(ᾱ_t) = x0 + σ_t ε,
 σ_t = sqrt(1/ᾱ_t − 1)) one DDIM step from σ = σ_t to σ' = σ_{t'} (t' the next, smaller timestep) reads, per
 coefficient i of c = Vᵀx̄ (the paper's eq. 7–8 with the per-case rules of the authors' ``efficient_generalized_steps``
 in bahjat-kawar/ddrm functions/denoising.py):
@@ -31,14 +31,14 @@ from typing import ClassVar, Sequence
 import torch
 
 from common.errors import positive_int, real
-from common.guidance import gaussian_noise_sigma
 from common.models.base import DiffusionModel
 from common.operators.base import Operator
 from common.operators.linalg import SVD
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, denoise, sigma_of, skip_timesteps, transitions
+from common.sampling.guidance import gaussian_noise_sigma
+from common.sampling.vp import abar, denoise, sigma_of, skip_timesteps, transitions
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from common.operators.base import Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, denoise, sigma_of, skip_timesteps, transitions
+from common.sampling.vp import abar, denoise, sigma_of, skip_timesteps, transitions
 
 #: the σ_n floor of the authors' code, in [0, 1] units (σ_y/2 on our [−1, 1] images)
 SIGMA_FLOOR = 1e-3

@@ -45,13 +45,13 @@ from typing import ClassVar, Sequence
 import torch
 
 from common.errors import SettingError, positive_int, real
-from common.guidance import DenoiserLinearization, gaussian_noise_sigma
 from common.models.base import DiffusionModel
 from common.operators.base import LinearOperator, Operator
 from common.operators.linalg import conjugate_gradient
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
+from common.sampling.guidance import DenoiserLinearization, gaussian_noise_sigma
 
 #: CG stops before ``cg_iterations`` only once ‖r‖ ≤ CG_TOL·‖y − A D‖ (float32 round-off level): the truncation at
 #: a few iterations is the method, so stopping there is expected and not warned about
@@ -125,7 +125,7 @@ class MMPS:
         tracker = DivergenceTracker(len(generators))
         x = sigmas[0] * randn(model.sample_shape, generators, device=device)
         for step, (sigma, sigma_next) in enumerate(zip(sigmas[:-1], sigmas[1:])):
-            lin = DenoiserLinearization.of(lambda x_bar: model.tweedie(x_bar, sigma), x)
+            lin = DenoiserLinearization.of(lambda x_bar: model.tweedie(x_bar, sigma), x)  # noqa: B023 (this step only)
             x0y = mmps_posterior_mean(lin, operator, y, sigma, sigma_y, self.cg_iterations)
             c = self.eta * sigma_next * (1 - (sigma_next / sigma) ** 2) ** 0.5
             x_next = x0y + max(sigma_next ** 2 - c ** 2, 0.0) ** 0.5 / sigma * (x - x0y)

@@ -1,7 +1,7 @@
 r"""ΠGDM: Pseudoinverse-Guided Diffusion Models (Song, Vahdat, Mardani & Kautz, ICLR 2023), noisy linear form.
 
 Likelihood approximation. ΠGDM takes p(x0 | x_t) ≈ N(x̂0, r_t² I) with r_t² = σ_t²/(1 + σ_t²) in VE terms (the
-posterior variance of a unit-variance Gaussian prior), which in the VP notation of :mod:`common.vp`
+posterior variance of a unit-variance Gaussian prior), which in the VP notation of :mod:`common.sampling.vp`
 (σ_t² = (1 − ᾱ_t)/ᾱ_t) is
 
     r_t² = 1 − ᾱ_t,
@@ -11,7 +11,7 @@ so that p(y | x_t) ≈ N(A x̂0, r_t² A Aᵀ + σ_y² I) and its score (vector�
     g = (∂x̂0/∂x_t)ᵀ Aᵀ (r_t² A Aᵀ + σ_y² I)⁻¹ (y − A x̂0).
 
 The solve uses the operator's SVD where it declares one (exact), else conjugate gradients on the measurement space
-(:func:`common.guidance.adjoint_weighted_solve`).
+(:func:`common.sampling.guidance.adjoint_weighted_solve`).
 
 Sampler (DDIM skeleton, timesteps t_N > … > t_1 = 0 by DDIM's uniform skip, t_0 := −1 with ᾱ = 1):
 
@@ -39,13 +39,13 @@ from typing import ClassVar, Sequence
 import torch
 
 from common.errors import positive_int, real
-from common.guidance import DenoiserLinearization, adjoint_weighted_solve, gaussian_noise_sigma
 from common.models.base import DiffusionModel
 from common.operators.base import LinearOperator, Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, ddim_sigma, ddim_step, denoise, sigma_of, skip_timesteps, transitions
+from common.sampling.guidance import DenoiserLinearization, adjoint_weighted_solve, gaussian_noise_sigma
+from common.sampling.vp import abar, ddim_sigma, ddim_step, denoise, sigma_of, skip_timesteps, transitions
 
 
 def pigdm_score(lin: DenoiserLinearization, operator: LinearOperator, y: torch.Tensor, abar_t: float,
@@ -91,7 +91,7 @@ class PiGDM:
         x = randn(model.sample_shape, generators, device=device)
         for step, (t, s) in enumerate(transitions(steps)):
             a_t, a_s = abar(model, t), abar(model, s)
-            lin = DenoiserLinearization.of(lambda x_t: denoise(model, x_t, t)[0], x)
+            lin = DenoiserLinearization.of(lambda x_t: denoise(model, x_t, t)[0], x)  # noqa: B023 (this step only)
             eps = (x - a_t ** 0.5 * lin.value) / (1 - a_t) ** 0.5  # ε̂ (x̂0 is not clipped)
             x0y = lin.value + a_t ** 0.5 * (1 - a_t) * pigdm_score(lin, operator, y, a_t, sigma_y)
             c = ddim_sigma(a_t, a_s, self.eta)

@@ -48,7 +48,7 @@ from common.operators.base import LinearOperator, Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, ddim_sigma, ddim_step, denoise, sigma_of, skip_timesteps, transitions
+from common.sampling.vp import abar, ddim_sigma, ddim_step, denoise, sigma_of, skip_timesteps, transitions
 
 
 class NormalMap(torch.autograd.Function):

@@ -38,7 +38,7 @@ from common.operators.base import Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, denoise, sigma_of, skip_timesteps
+from common.sampling.vp import abar, denoise, sigma_of, skip_timesteps
 
 #: Adam's moment decay rates (the authors' betas=(0.9, 0.99)) and its denominator offset (torch's default)
 ADAM_BETAS = (0.9, 0.99)

@@ -50,7 +50,7 @@ from common.operators.base import Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.vp import abar, ddim_step, denoise, sigma_of, skip_timesteps, transitions
+from common.sampling.vp import abar, ddim_step, denoise, sigma_of, skip_timesteps, transitions
 
 #: AdamW as the authors call it (torch.optim.AdamW defaults): β1, β2, ε, decoupled weight decay
 ADAMW_BETAS = (0.9, 0.999)

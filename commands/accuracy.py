@@ -1,7 +1,9 @@
-r"""Sampler accuracy against exact posteriors: ``python -m commands.accuracy [--quick] [--samplers A,B] [--out DIR] [--no-doc]``.
+r"""Sampler accuracy against exact posteriors:
+``python -m commands.accuracy [--quick] [--samplers A,B] [--out DIR] [--no-doc]``.
 
 With a stationary Gaussian prior (:data:`GAUSS_PRIOR`, the demo prior's class) and a Gaussian-mixture prior on
-16×16×3 images the posterior under y = A x + N(0, σ_y² I) is known in closed form (:mod:`common.posterior`), so we
+16×16×3 images the posterior under y = A x + N(0, σ_y² I) is known in closed form
+(:mod:`common.evaluation.exact_posterior`), so we
 can measure whether a posterior sampler samples it, rather than how close one sample lands to one ground truth.
 
 Problems: the linear tasks at 16×16 with σ_y = 0.05 (×4 down-sampling, an 8×8 box hole, 70 % random
@@ -19,7 +21,7 @@ code of its own here: its settings are the real config composed for the problem 
 that budget (``<name>@paper``) and, for a sampler with a top-level ``num_steps``, one with ``num_steps`` chosen
 so that it makes about 100 model calls per sample (``<name>@100``; calls measured, not assumed). A sampler that
 cannot run on a problem (model space, operator capabilities, its own check) is skipped and listed.
-NFE counts model (denoiser) calls per sample (:func:`common.counting.count_calls`); wall time is
+NFE counts model (denoiser) calls per sample (:func:`common.sampling.counting.count_calls`); wall time is
 ``time.perf_counter`` around building the sampler and sampling, reported only.
 
 Output: one table printed; ``accuracy.csv`` and ``accuracy.md`` (the table with its command, git commit,
@@ -42,23 +44,29 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 import yaml
 
-from commands.configs import CONFIG_DIR, NoConfig, sampler_settings
-from common.counting import count_calls
+from commands.configs import sampler_settings
+from common.config.compose import CONFIG_DIR, NoConfig
 from common.errors import ConfigError
-from common.measurement import draw_states, simulate
+from common.evaluation.exact_posterior import (
+    GaussianMixture,
+    dense_operator,
+    linear_gaussian_posterior,
+    prior_mixture,
+    sample_metrics,
+)
+from common.evaluation.tables import aligned, csv_text, markdown
 from common.models import build_model
 from common.models.base import DiffusionModel
 from common.models.gmm import GaussianMixturePrior
 from common.models.latent_view import IdentityAutoencoder
 from common.operators import build_operator
 from common.operators.base import Operator
-from common.posterior import GaussianMixture, dense_operator, linear_gaussian_posterior, prior_mixture, \
-    sample_metrics
-from common.provenance import git_state
+from common.operators.measurement import draw_states, simulate
 from common.random import make_generator
 from common.registry import SAMPLERS
+from common.results.provenance import git_state
 from common.sampling import build_sampler, check_combination, unsupported
-from common.tables import aligned, csv_text, markdown
+from common.sampling.counting import count_calls
 
 REPO = CONFIG_DIR.parent
 METRICS = ("mean_rmse", "mean_z", "std_ratio", "w2", "mode_tv", "diverged")

@@ -19,7 +19,7 @@ callback, called once per outer step, stops it; ``--steps`` sets k, by default t
 ``--repeats`` times; the median and the spread (min, max) of the wall time t_k, and
 
     seconds per image  = t_k / B · N / k
-    model calls/image  = NFE₀ + N · NFE_step    (network evaluations, :func:`common.counting.count_calls`)
+    model calls/image  = NFE₀ + N · NFE_step    (network evaluations, :func:`common.sampling.counting.count_calls`)
     NFE/s              = model calls per image / seconds per image
     FLOP per image     = F₀ + N · F_step  (counted, not estimated: matmul/conv/attention FLOPs of the forward
                          and backward passes, torch.utils.flop_counter formulas, in an eager batch-1 run of three
@@ -59,22 +59,23 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from commands.configs import CONFIG_DIR, NoConfig, resolved_config
-from common.acceleration import accelerate
-from common.counting import count_calls
+import commands.configs  # noqa: F401  (loads the sampler packages)
+from common.config.compose import CONFIG_DIR, NoConfig, resolved_config
+from common.data.operator_state import split_operator_config
 from common.errors import ConfigError
-from common.measurement import draw_states, simulate
+from common.evaluation.tables import aligned, csv_text, markdown
 from common.models import build_model
+from common.models.acceleration import accelerate
 from common.models.base import DiffusionModel
+from common.models.precision import PRECISIONS
 from common.operators import build_operator
 from common.operators.base import Operator
-from common.precision import PRECISIONS
-from common.protocol import split_operator_config
-from common.provenance import git_state
+from common.operators.measurement import draw_states, simulate
 from common.random import make_generator, rand
 from common.registry import SAMPLERS
+from common.results.provenance import git_state
 from common.sampling import Sampler, build_sampler, check_combination
-from common.tables import aligned, csv_text, markdown
+from common.sampling.counting import count_calls
 
 REPO = CONFIG_DIR.parent
 SEED = 0
@@ -134,7 +135,7 @@ def model_for(sampler: str) -> str:
 
 
 def make_case(sampler: str, size: str) -> Case:
-    """The sampler's config composed on its model and :data:`TASK` (:class:`~commands.configs.NoConfig`)."""
+    """The sampler's config composed on its model and :data:`TASK` (:class:`~common.config.compose.NoConfig`)."""
     model_yaml = model_for(sampler)
     model = resolved_config([f"model={model_yaml}"])["model"]
     resolution = TINY_MODELS[model["name"]]["resolution"] if size == "tiny" else model["resolution"]
@@ -253,7 +254,7 @@ def profile(sampler: Sampler, model: DiffusionModel, problem: Problem, device: t
                          on_step=lambda _: snapshots.append((counter.flops, calls["nfe"], calls["decode"])))
     if not snapshots:
         raise RuntimeError(f"{type(sampler).__name__} never called its callback: the benchmark counts and times "
-                           f"outer steps through callback(state), once per step (common/sampling.py)")
+                           f"outer steps through callback(state), once per step (common/sampling/seam.py)")
     (f1, n1, d1), (f2, n2, d2) = ([(0, 0, 0)] + snapshots)[-2:]  # a one-step schedule: that step is all
     (f0, n0, _) = snapshots[0]
     return Profile(steps_full=full, flops_fixed=f0 - (f2 - f1), flops_step=f2 - f1, nfe_fixed=n0 - (n2 - n1),
@@ -306,7 +307,7 @@ def device_name(device: torch.device) -> str:
 
 
 def environment(device: torch.device) -> dict[str, Any]:
-    """The device and precision flags of this run, and the git state (:func:`common.provenance.git_state`)."""
+    """The device and precision flags of this run, and the git state (:func:`common.results.provenance.git_state`)."""
     git = git_state()
     return {"device": device_name(device), "torch": torch.__version__, "cuda": torch.version.cuda or "",
             "cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,

@@ -1,42 +1,18 @@
-"""Sampler settings exactly as a run gets them: the applications compose the real ``configs/`` here.
+"""Sampler settings exactly as a run gets them, for the applications (accuracy, benchmark, report).
 
-``posterior_sample.py`` is imported for what it already does once: it imports the sampler packages (``daps``,
-``dps``, ``baselines``), so every sampler in :data:`common.registry.SAMPLERS` is registered, and registers the
-config resolvers. A sampler is therefore found with no edit here: one module that registers it and one
+Importing this module loads the sampler packages (``daps``, ``dps``, ``baselines``), the applications' one place to
+do so, so every sampler in :data:`common.registry.SAMPLERS` is registered; :func:`common.config.compose.resolved_config`
+composes the real ``configs/``. A sampler is therefore found with no edit here: one module that registers it and one
 ``configs/sampler/<name>.yaml``.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from hydra import compose, initialize_config_dir
-from hydra.errors import MissingConfigException
-
-import posterior_sample
-
-CONFIG_DIR = Path(posterior_sample.__file__).resolve().parent / "configs"
-#: further config folders searched after ``configs/`` (Hydra's search path; a folder holding ``sampler/<name>.yaml``)
-SEARCH_PATH: list[Path] = []
-
-
-class NoConfig(LookupError):
-    """A config group option (e.g. ``configs/sampler/<name>.yaml``) that does not exist."""
-
-
-def resolved_config(overrides: Sequence[str]) -> dict[str, Any]:
-    """The config ``posterior_sample.py`` would run with these overrides, every interpolation resolved and the task
-    reduced to its selected group (as the run's ``config.yaml``); :class:`NoConfig` for a missing group option."""
-    search = ([f"hydra.searchpath=[{','.join(f'file://{Path(p).resolve()}' for p in SEARCH_PATH)}]"]
-              if SEARCH_PATH else [])
-    try:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose("config", overrides=[*posterior_sample.normalize_group_overrides(overrides), *search])
-    except MissingConfigException as err:
-        raise NoConfig(str(err).split("\n")[0]) from None
-    resolved = posterior_sample.resolve_config(cfg)
-    resolved["task"] = posterior_sample.selected_task(resolved["task"], resolved["task_group"])
-    return resolved
+import baselines  # noqa: F401  (registers the baseline samplers)
+import daps  # noqa: F401  (registers DAPS)
+import dps  # noqa: F401  (registers DPS)
+from common.config.compose import resolved_config
 
 
 def sampler_settings(sampler: str, *, model: str, task: str, resolution: int,

@@ -1,13 +1,13 @@
 """``python -m commands.protocol FOLDER > configs/data/<name>.sha256``: the checksum list of a folder's images
-(``sha256sum`` format, sorted by name; see :mod:`common.protocol` for how ``data.id_list`` uses it)."""
+(``sha256sum`` format, sorted by name; see :mod:`common.data.id_lists` for how ``data.id_list`` uses it)."""
 from __future__ import annotations
 
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from common.data import IMAGE_SUFFIXES
-from common.protocol import write_list
+from common.data.datasets import IMAGE_SUFFIXES
+from common.data.id_lists import write_list
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,7 +1,7 @@
 """Result tables across run directories:
 ``python -m commands.report results/ [more/] [--papers [CSV]] [--csv t.csv] [--md t.md] [--html page.html]``.
 
-Every folder under the given paths that holds a ``metrics.json`` (see :func:`common.summary.summarize`) and
+Every folder under the given paths that holds a ``metrics.json`` (see :func:`common.evaluation.summary.summarize`) and
 the ``config.yaml`` beside it is one row: dataset × task × sampler × model, and for each metric m the mean
 ± standard deviation over the images of one per-image value, chosen by ``--stat`` (set metrics, FID and
 KID, are one value over all samples):
@@ -40,9 +40,9 @@ from typing import Any, Iterable, Mapping, Sequence
 import yaml
 from omegaconf import OmegaConf
 
-import common.config_resolvers  # noqa: F401  (${box_side_range:…} of the inpainting yaml)
-from common.metrics import METRIC_NAMES, SET_METRICS
-from common.report_page import STYLE, describe
+import common.config.resolvers  # noqa: F401  (${box_side_range:…} of the inpainting yaml)
+from common.evaluation.metrics import METRIC_NAMES, SET_METRICS
+from common.evaluation.report_page import STYLE, describe
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_NUMBERS = Path(__file__).with_name("paper_numbers.csv")

@@ -10,6 +10,10 @@ class ConfigError(ValueError):
     """Bad input found before sampling; the message says what and what is valid (exit code 2)."""
 
 
+class InputError(ConfigError):
+    """Measurements or operator states that do not fit the task, found before sampling."""
+
+
 class SettingError(ConfigError):
     """One bad setting of a constructor: ``key`` (relative to the constructor), its ``value`` and what is ``valid``;
     ``kind``: ``value`` (a bad value), ``unknown`` (the key is not a setting there) or ``missing`` (a required key).

@@ -5,6 +5,8 @@ and one yaml that names it; nothing else needs to change.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from typing import Any, Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -49,3 +51,10 @@ NOISES: Registry = Registry("noise model")
 MODELS: Registry = Registry("model")
 SAMPLERS: Registry = Registry("sampler")
 DATASETS: Registry = Registry("dataset")
+
+
+def import_submodules(package_name: str, package_path: list[str]) -> None:
+    """Import every module of a package so that its registry decorators run (one file = one registered entry)."""
+    for info in pkgutil.iter_modules(package_path):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{package_name}.{info.name}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from common.models.base import DiffusionModel
-from common.schedules import edm_time_steps
+from common.models.schedules import edm_time_steps
 
 
 def pf_ode_grid(sigma: torch.Tensor, num_steps: int, sigma_min: float, rho: int = 7

@@ -1,6 +1,6 @@
 r"""DAPS: Decoupled Annealing Posterior Sampling (Zhang et al., CVPR 2025, Algorithm 1).
 
-For annealing levels σ_0 > … > σ_{N−1} > σ_N = 0 (poly-7 EDM grid, :func:`common.schedules.annealing_sigmas`):
+For annealing levels σ_0 > … > σ_{N−1} > σ_N = 0 (poly-7 EDM grid, :func:`common.models.schedules.annealing_sigmas`):
 
     x_{σ_0} ~ N(0, σ_0² I)
     for i = 0 … N−1:
@@ -18,14 +18,14 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from common.config_keys import build_strict, check_keys
+from common.config.keys import build_strict, check_keys
 from common.errors import MAX_STEPS, SettingError, positive_int, real
 from common.models.base import DiffusionModel
+from common.models.schedules import annealing_sigmas
 from common.operators.base import Operator
 from common.random import randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
-from common.schedules import annealing_sigmas
 from daps.mcmc import MCMCSampler, MeasurementFit
 from daps.pfode import pf_ode_grid, pf_ode_x0_on_grid
 

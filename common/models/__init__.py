@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from common.autoimport import import_submodules
-from common.config_keys import build_strict
+from common.config.keys import build_strict
 from common.models.base import DiffusionModel, sigma_like
-from common.registry import MODELS
+from common.registry import MODELS, import_submodules
 
 import_submodules(__name__, __path__)
 

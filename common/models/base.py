@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common.schedules import ddpm_betas
+from common.models.schedules import ddpm_betas
 
 
 def sigma_like(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:

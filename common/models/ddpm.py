@@ -19,12 +19,12 @@ from typing import Any, Mapping
 
 import torch
 
-from common.checkpoints import CheckpointError, load_state_dict, load_strict, require_file
 from common.errors import ConfigError
 from common.models.adm_unet import ADMUNet, create_adm_unet
 from common.models.base import DiffusionModel
+from common.models.checkpoints import CheckpointError, load_state_dict, load_strict, require_file
+from common.models.precision import autocast, compute_dtype
 from common.models.precond import vp_denoise
-from common.precision import autocast, compute_dtype
 from common.registry import MODELS
 
 UNET_KWARGS = tuple(inspect.signature(create_adm_unet).parameters)

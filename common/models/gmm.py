@@ -25,9 +25,9 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from common.config_keys import check_keys
-from common.models.base import DiffusionModel, sigma_like
+from common.config.keys import check_keys
 from common.errors import SettingError, real
+from common.models.base import DiffusionModel, sigma_like
 from common.models.gaussian import GaussianPrior, image_size, reals, squared_magnitude
 from common.registry import MODELS
 

@@ -27,15 +27,15 @@ from typing import Any, ContextManager, Mapping
 import torch
 from torch import nn
 
-from common.checkpoints import CheckpointError, load_state_dict, load_strict, require_file
 from common.errors import ConfigError
 from common.models.base import DiffusionModel
+from common.models.checkpoints import CheckpointError, load_state_dict, load_strict, require_file
 from common.models.ldm_unet import LDMUNet
+from common.models.precision import autocast, compute_dtype
 from common.models.precond import vp_denoise
+from common.models.schedules import ddpm_betas
 from common.models.vq_autoencoder import VQModelInterface
-from common.precision import autocast, compute_dtype
 from common.registry import MODELS
-from common.schedules import ddpm_betas
 
 #: checkpoint entries that are training state, dropped (by prefix) before the strict load
 TRAINING_ONLY_PREFIXES: tuple[str, ...] = ("model_ema.",)

@@ -2,7 +2,7 @@
 
     c_in(σ) = 1 / sqrt(σ² + 1),   c_noise(σ) = (M − 1) · t(σ),   D(x; σ) = x − σ · ε̂(c_in(σ) x, c_noise(σ)),
 
-with t(σ) of the VP SDE (β_min = 0.1, β_d = 19.9, M = 1000, :mod:`common.schedules`). The network receives
+with t(σ) of the VP SDE (β_min = 0.1, β_d = 19.9, M = 1000, :mod:`common.models.schedules`). The network receives
 the *fractional* timestep c_noise (σ = 0.5 -> 144.669). DAPS uses the same constants for the LDM latents
 (not the LDM's own β schedule).
 """
@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from common.models.base import sigma_like
-from common.schedules import vp_sigma_to_t
+from common.models.schedules import vp_sigma_to_t
 
 VP_M = 1000
 

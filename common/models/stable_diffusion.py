@@ -39,12 +39,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from common.checkpoints import CheckpointError, missing_checkpoint_message
 from common.errors import ConfigError
 from common.models.base import DiffusionModel, sigma_like
-from common.precision import autocast, compute_dtype
+from common.models.checkpoints import CheckpointError, missing_checkpoint_message
+from common.models.precision import autocast, compute_dtype
+from common.models.schedules import ddpm_betas
 from common.registry import MODELS
-from common.schedules import ddpm_betas
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 _TRUE = {"1", "ON", "YES", "TRUE"}

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.checkpoints import load_state_dict, load_strict, require_file
 from common.errors import image_side
+from common.models.checkpoints import load_state_dict, load_strict, require_file
 from common.operators.base import Operator
 from common.operators.kernel_wizard import KernelWizard
 from common.operators.noise import NoiseModel

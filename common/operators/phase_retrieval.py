@@ -16,7 +16,6 @@ from common.operators.base import Operator
 from common.operators.noise import NoiseModel
 from common.registry import OPERATORS
 
-
 #: the largest oversampling accepted: padding p = n on every side, measurements of 3n × 3n
 MAX_OVERSAMPLE = 8.0
 

@@ -26,9 +26,6 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO
-from spectral_moments import (DenseOperator, DenseSVD, SpectralGaussian, ddnm_rule, demo_prior, measured,
-                              output_moments, random_matrix, whitened_errors)
 from baselines.ddnm import DDNM, ddnm_weights, travel_schedule
 from common.errors import SettingError
 from common.operators import build_operator
@@ -36,7 +33,19 @@ from common.operators.down_sampling import DownSampling
 from common.operators.inpainting import Inpainting
 from common.random import make_generator
 from common.sampling import build_sampler, unsupported
-from common.vp import abar, skip_timesteps
+from common.sampling.vp import abar, skip_timesteps
+from tests.helpers.fixtures import REPO
+from tests.helpers.spectral_moments import (
+    DenseOperator,
+    DenseSVD,
+    SpectralGaussian,
+    ddnm_rule,
+    demo_prior,
+    measured,
+    output_moments,
+    random_matrix,
+    whitened_errors,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

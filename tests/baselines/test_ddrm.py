@@ -34,15 +34,24 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO
-from spectral_moments import (DenseOperator, DenseSVD, SpectralGaussian, ddrm_rule, demo_prior, measured,
-                              output_moments, random_matrix, whitened_errors)
 from baselines.ddrm import DDRM, Spectrum, gaussian_noise_sigma
 from common.errors import ConfigError, SettingError
 from common.operators import build_operator
 from common.random import make_generator
 from common.sampling import build_sampler, unsupported
-from common.vp import skip_timesteps
+from common.sampling.vp import skip_timesteps
+from tests.helpers.fixtures import REPO
+from tests.helpers.spectral_moments import (
+    DenseOperator,
+    DenseSVD,
+    SpectralGaussian,
+    ddrm_rule,
+    demo_prior,
+    measured,
+    output_moments,
+    random_matrix,
+    whitened_errors,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

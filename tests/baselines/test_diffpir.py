@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 import torch
 
-from baseline_cli import TASK_NAMES, built_for_task, per_task, run_and_resume
-from gaussian_cases import assert_copies_batch_invariant, dense_tweedie, gaussian_case
 from baselines.diffpir import DiffPIR, gradient_data_step, quadratic_timesteps, rho
 from commands.accuracy import gauss_prior_params
 from common.errors import ConfigError, SettingError
@@ -16,7 +14,9 @@ from common.models import build_model
 from common.operators import build_operator
 from common.random import make_generator, randn
 from common.sampling import unsupported
-from common.vp import abar
+from common.sampling.vp import abar
+from tests.helpers.baseline_cli import TASK_NAMES, built_for_task, per_task, run_and_resume
+from tests.helpers.gaussian_cases import assert_copies_batch_invariant, dense_tweedie, gaussian_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -20,17 +20,17 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from affine_chains import assert_samples_match, moments_vs_posterior, propagate
-from conftest import REPO
-from gaussian_cases import assert_batch_invariant, assert_refuses_nonlinear_and_poisson, gaussian_case
 from baselines.pigdm import PiGDM, pigdm_score
-from common.counting import count_calls
 from common.errors import SettingError
-from common.guidance import DenoiserLinearization
-from common.posterior import GaussianMixture, linear_gaussian_posterior
+from common.evaluation.exact_posterior import GaussianMixture, linear_gaussian_posterior
 from common.random import make_generator
 from common.sampling import build_sampler
-from common.vp import abar, ddim_sigma, denoise
+from common.sampling.counting import count_calls
+from common.sampling.guidance import DenoiserLinearization
+from common.sampling.vp import abar, ddim_sigma, denoise
+from tests.helpers.affine_chains import assert_samples_match, moments_vs_posterior, propagate
+from tests.helpers.fixtures import REPO
+from tests.helpers.gaussian_cases import assert_batch_invariant, assert_refuses_nonlinear_and_poisson, gaussian_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -7,18 +7,25 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import posterior_sample
 from baselines.psld import PSLD, psld_loss
-from cli.cli_helpers import compose_config
 from common.errors import ConfigError, SettingError
+from common.evaluation.exact_posterior import dense_operator
 from common.models.gaussian import GaussianPrior
 from common.operators import build_operator
-from common.posterior import dense_operator
 from common.random import make_generator
+from common.run import job
 from common.sampling import build_sampler, unsupported
-from conftest import REPO
-from latent_baseline_cli import (RES, assert_batch_invariant, demo_prior, identity_problem, latent_args,
-                                 latent_run_and_resume, tiny_assets)
+from tests.helpers.cli import compose_config
+from tests.helpers.fixtures import REPO
+from tests.helpers.latent_baseline_cli import (
+    RES,
+    assert_batch_invariant,
+    demo_prior,
+    identity_problem,
+    latent_args,
+    latent_run_and_resume,
+    tiny_assets,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -123,7 +130,7 @@ def test_cli_refuses_pixel_models_and_phase_retrieval(tmp_path, ldm_assets):
                            "needs the operator capabilities linear")):
         cfg = compose_config(["sampler=psld", f"data.resolution={RES}", f"save_dir={tmp_path}", "name=bad", *args])
         with pytest.raises(ConfigError, match=message):
-            posterior_sample.run(cfg, tmp_path / "bad")
+            job.run(cfg, tmp_path / "bad")
         assert not (tmp_path / "bad").exists()
 
 

@@ -7,17 +7,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from baseline_cli import TASK_NAMES, built_for_task, per_task, run_and_resume
-from gaussian_cases import assert_copies_batch_invariant, dense_tweedie, gaussian_case
 from baselines.reddiff import REDDiff, reddiff_gradient
 from commands.accuracy import gauss_prior_params
 from common.errors import SettingError
+from common.evaluation.exact_posterior import GaussianMixture, linear_gaussian_posterior
 from common.models import build_model
 from common.operators import build_operator
-from common.posterior import GaussianMixture, linear_gaussian_posterior
 from common.random import make_generator, randn
 from common.sampling import unsupported
-from common.vp import abar, skip_timesteps
+from common.sampling.vp import abar, skip_timesteps
+from tests.helpers.baseline_cli import TASK_NAMES, built_for_task, per_task, run_and_resume
+from tests.helpers.gaussian_cases import assert_copies_batch_invariant, dense_tweedie, gaussian_case
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -10,18 +10,29 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from baselines.resample import (ADAMW_WEIGHT_DECAY, LATENT_WINDOW, ReSample, adamw_fit, resample_variance,
-                                stochastic_resample)
+from baselines.resample import (
+    ADAMW_WEIGHT_DECAY,
+    LATENT_WINDOW,
+    ReSample,
+    adamw_fit,
+    resample_variance,
+    stochastic_resample,
+)
 from common.errors import SettingError
+from common.evaluation.exact_posterior import dense_operator, prior_mixture
 from common.models.gaussian import GaussianPrior
 from common.operators import build_operator
-from common.posterior import dense_operator, prior_mixture
 from common.random import make_generator, randn
 from common.sampling import build_sampler, unsupported
-from common.vp import abar
-from conftest import REPO
-from latent_baseline_cli import (assert_batch_invariant, demo_prior, identity_problem, latent_run_and_resume,
-                                 tiny_assets)
+from common.sampling.vp import abar
+from tests.helpers.fixtures import REPO
+from tests.helpers.latent_baseline_cli import (
+    assert_batch_invariant,
+    demo_prior,
+    identity_problem,
+    latent_run_and_resume,
+    tiny_assets,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

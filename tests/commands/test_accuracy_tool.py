@@ -11,14 +11,23 @@ import pytest
 import torch
 
 from commands import accuracy
-from commands.accuracy import (COLUMNS, LANGEVIN, Problem, SamplerSpec, daps_spec, dps_spec, gauss_prior_params,
-                               run_one, steps_for_calls)
+from commands.accuracy import (
+    COLUMNS,
+    LANGEVIN,
+    Problem,
+    SamplerSpec,
+    daps_spec,
+    dps_spec,
+    gauss_prior_params,
+    run_one,
+    steps_for_calls,
+)
+from common.evaluation.exact_posterior import GaussianMixture, prior_mixture
 from common.models import build_model
 from common.operators import build_operator
-from common.posterior import GaussianMixture, prior_mixture
 from common.random import make_generator
 from common.sampling import build_sampler
-from conftest import REPO
+from tests.helpers.fixtures import REPO
 
 
 @pytest.mark.slow  # ~10 s of CPU (two problems, 64 samples, DDRM budget probes)
@@ -139,7 +148,7 @@ def test_calibration_summary_names_the_calibrated_and_the_mis_dispersed_samplers
                                           "std_ratio": ratio, "mean_z": z}
     text = calibration_summary([row("exact", 0, 1.0, 0.06), row("good", 100, 0.95, 0.1), row("costly", 300, 1.0, 0.1),
                                 row("biased", 50, 1.0, 0.5), row("narrow", 50, 0.5, 0.1), row("wide", 50, 1.5, 0.1)])
-    line = next(l for l in text.splitlines() if l.startswith("- `gauss/x`"))
+    line = next(t for t in text.splitlines() if t.startswith("- `gauss/x`"))
     assert line.startswith("- `gauss/x`: good; under-dispersed (std_ratio < 0.9): narrow; over-dispersed (> 1.1): wide")
 
 

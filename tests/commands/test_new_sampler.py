@@ -12,7 +12,8 @@ import textwrap
 
 import pytest
 
-from commands import accuracy, benchmark, configs
+from commands import accuracy, benchmark
+from common.config import compose
 from common.registry import SAMPLERS
 
 MODULE = '''
@@ -73,7 +74,7 @@ def toy_sampler(tmp_path, monkeypatch):
         (tmp_path / "conf" / "sampler").mkdir(parents=True, exist_ok=True)
         (tmp_path / "conf" / "sampler" / f"{name}.yaml").write_text(CONFIG.format(name=name))
     monkeypatch.setattr(SAMPLERS, "_entries", dict(SAMPLERS._entries))
-    monkeypatch.setattr(configs, "SEARCH_PATH", [tmp_path / "conf"])
+    monkeypatch.setattr(compose, "SEARCH_PATH", [tmp_path / "conf"])
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.import_module("toy_j_package")
     yield

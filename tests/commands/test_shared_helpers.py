@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.counting import count_calls
-from common.errors import SettingError
-from common.measurement import draw_states, simulate
-from common.models import build_model
-from common.operators import build_operator
-from common.precision import PRECISIONS, autocast, compute_dtype
-from common.random import make_generator
-from common.tables import aligned, csv_text, markdown
 from commands.accuracy import gauss_prior_params
+from common.errors import SettingError
+from common.evaluation.tables import aligned, csv_text, markdown
+from common.models import build_model
+from common.models.precision import PRECISIONS, autocast, compute_dtype
+from common.operators import build_operator
+from common.operators.measurement import draw_states, simulate
+from common.random import make_generator
+from common.sampling.counting import count_calls
 
 
 def test_count_calls_counts_outermost_evaluations_per_sample_and_restores_the_model():

@@ -7,10 +7,11 @@ import math
 import pytest
 import torch
 
-from common.metrics import describe_metrics
-from common.run_dir import RunDirectory
-from common.summary import summarize
-from eval_helpers import FixedMask, TensorImages, exact_daps, prior_images, run, small_prior
+from common.evaluation.finish import finish_run
+from common.evaluation.metrics import describe_metrics
+from common.evaluation.summary import summarize
+from common.results.run_dir import RunDirectory
+from tests.helpers.evaluation import FixedMask, TensorImages, exact_daps, prior_images, run, small_prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -40,7 +41,7 @@ def test_run_directory_writes_csv_table_and_valid_json(tmp_path):
     directory = RunDirectory(tmp_path / "run")
     for rec in records():
         directory.write_sample(rec["image_id"], rec["run"], torch.zeros(3, 4, 4), dict(rec), save_image=False)
-    summary = directory.finish(["psnr"], {0: "first", 1: "second"})
+    summary = finish_run(directory, ["psnr"], {0: "first", 1: "second"})
     json.loads((directory.root / "metrics.json").read_text())  # valid JSON despite the diverged sample
     rows = list(csv.DictReader(io.StringIO((directory.root / "records.csv").read_text())))
     assert [(r["image_id"], r["run"]) for r in rows] == [("0", "0"), ("0", "1"), ("0", "2"), ("1", "0"), ("1", "1")]

@@ -2,7 +2,7 @@
 metric with no value (LPIPS without its weights) as a column of nulls."""
 from __future__ import annotations
 
-from common.summary import markdown_table, summarize
+from common.evaluation.summary import markdown_table, summarize
 
 
 def rec(image_id: int, run: int, psnr: float, residual: float) -> dict:

@@ -9,9 +9,16 @@ import warnings
 import pytest
 import torch
 
-from common.metrics import Metrics, build_inception, fid_inception_network, inception_weight_path, set_metrics
-from common.run_dir import RunDirectory
-from common.validate import validate
+from common.config.validate import validate
+from common.evaluation.finish import finish_run
+from common.evaluation.metrics import (
+    Metrics,
+    build_inception,
+    fid_inception_network,
+    inception_weight_path,
+    set_metrics,
+)
+from common.results.run_dir import RunDirectory
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,7 +63,7 @@ def test_run_directory_computes_fid_once_over_all_samples(random_inception, tmp_
         directory.write_inputs(image_id, gt[image_id], gt[image_id], {}, (16, 16))
         directory.write_sample(image_id, 0, gt[image_id], {"residual": 0.0, "failed_at_step": None})
     with pytest.warns(UserWarning, match="biased"):
-        summary = directory.finish([], set_metric_names=["fid", "kid"])
+        summary = finish_run(directory, [], set_metric_names=["fid", "kid"])
     values = summary["set_metrics"]
     assert values["num_samples"] == 2 and values["num_references"] == 2 and values["biased_small_set"]
     assert abs(values["fid"]) < 1e-6 and values["kid"] is not None

@@ -1,4 +1,5 @@
-"""Labelled figures (common.figures) and the run page (common.report_page) on a small synthetic run directory."""
+"""Labelled figures (common.evaluation.figures) and the run page (common.evaluation.report_page) on a small
+synthetic run directory."""
 from __future__ import annotations
 
 import io
@@ -13,9 +14,10 @@ import torch
 import yaml
 from PIL import Image
 
-from common import figures
-from common.progress import Progress
-from common.run_dir import RunDirectory
+from common.evaluation import figures
+from common.evaluation.finish import finish_run
+from common.results.run_dir import RunDirectory
+from common.run.progress import Progress
 
 SIZE, IDS, RUNS = 16, (3, 7), 2
 METRICS = ["psnr", "ssim", "lpips"]
@@ -65,7 +67,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                              10, video=True)
             directory.write_trajectory(image_id, r, *strip)
             directory.write_sample(image_id, r, sample, record, raw=True)
-    directory.finish(METRICS, {i: f"img{i}.png" for i in IDS})
+    finish_run(directory, METRICS, {i: f"img{i}.png" for i in IDS})
     return root
 
 

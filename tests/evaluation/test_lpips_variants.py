@@ -8,7 +8,13 @@ import pytest
 import torch
 import torchvision
 
-from common.metrics import ORIGINAL_LPIPS, Metrics, build_original_lpips, describe_metrics, original_lpips_paths
+from common.evaluation.metrics import (
+    ORIGINAL_LPIPS,
+    Metrics,
+    build_original_lpips,
+    describe_metrics,
+    original_lpips_paths,
+)
 
 #: torchvision feature indices whose ReLU outputs the package compares (relu1..relu5)
 TAPS = {"lpips_alex": (1, 4, 7, 9, 11), "lpips_vgg": (3, 8, 15, 22, 29)}

@@ -10,10 +10,10 @@ import math
 import pytest
 import torch
 
-from common import uncertainty
+from common.evaluation import uncertainty
 from common.models.gaussian import GaussianPrior
 from common.random import make_generator
-from eval_helpers import FixedMask, TensorImages, exact_daps, run
+from tests.helpers.evaluation import FixedMask, TensorImages, exact_daps, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

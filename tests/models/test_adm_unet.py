@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 import yaml
-from conftest import REPO, load_fixture
 
 from common.models.adm_unet import AttentionBlock, create_adm_unet, timestep_embedding
+from tests.helpers.fixtures import REPO, load_fixture
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import REPO, load_fixture
-from ldm_tiny import small_ldm_config, small_ldm_state
 
-from common.checkpoints import (LIGHTNING_SAFE_GLOBALS, CheckpointError, LightningCallbackState, load_state_dict,
-                                load_strict)
+from common.models.checkpoints import (
+    LIGHTNING_SAFE_GLOBALS,
+    CheckpointError,
+    LightningCallbackState,
+    load_state_dict,
+    load_strict,
+)
 from common.models.ldm import TRAINING_ONLY_PREFIXES, LatentDiffusion
+from tests.helpers.fixtures import REPO, load_fixture
+from tests.helpers.ldm_tiny import small_ldm_config, small_ldm_state
 
 DOWNLOAD = "bash download.sh models"
 

@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, load_fixture
 
 import common.models.ddpm as ddpm_module
-from common.checkpoints import CheckpointError
 from common.models import build_model
+from common.models.checkpoints import CheckpointError
 from common.models.ddpm import DDPMModel
 from common.models.precond import vp_c_in, vp_c_noise
+from tests.helpers.fixtures import REPO, load_fixture
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ import scipy.fft
 import torch
 import yaml
 
-from conftest import REPO
 from common.errors import SettingError
 from common.models import build_model
 from common.models.gaussian import dct_matrix
 from common.random import make_generator
+from tests.helpers.fixtures import REPO
 
 BOUNDARIES = ("periodic", "reflect")
 

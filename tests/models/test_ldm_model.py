@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import REPO, load_fixture
-from ldm_tiny import small_ldm_config, small_ldm_state
 
-from common.checkpoints import CheckpointError
 from common.models import MODELS, build_model
 from common.models import ldm as ldm_module
+from common.models.checkpoints import CheckpointError
 from common.models.ldm import SCHEDULE_KEYS, TRAINING_ONLY_PREFIXES, LatentDiffusion, ldm_schedule
-from common.schedules import ddpm_betas
+from tests.helpers.fixtures import REPO, load_fixture
+from tests.helpers.ldm_tiny import small_ldm_config, small_ldm_state
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 VP_TOL_SIGMA_20 = dict(atol=1e-4, rtol=1e-5)  # ε̂ is multiplied by σ = 20

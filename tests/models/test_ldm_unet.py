@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
-from conftest import load_fixture
 
 from common.models.ldm_unet import CrossAttention, LDMUNet, SpatialTransformer
+from tests.helpers.fixtures import load_fixture
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 

@@ -7,8 +7,8 @@ import time
 import huggingface_hub.constants
 import pytest
 
-from common.checkpoints import CheckpointError
 from common.models import build_model, stable_diffusion
+from common.models.checkpoints import CheckpointError
 from common.operators import build_operator
 
 

@@ -21,11 +21,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from common.checkpoints import CheckpointError
 from common.models import build_model
+from common.models.checkpoints import CheckpointError
 from common.models.stable_diffusion import StableDiffusion, sd_sigma_to_t
-from conftest import REPO
-from sd_tiny import SD_BETA_END, SD_BETA_START, build_tiny_sd
+from tests.helpers.fixtures import REPO
+from tests.helpers.sd_tiny import SD_BETA_END, SD_BETA_START, build_tiny_sd
 
 INNER, RES, LATENT = 16, 8, 8  # tiny VAE factor 2: latents (4, 8, 8), images resized 16 -> 8
 B_SD = math.sqrt(1000 * SD_BETA_START)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_fixture
 
 from common.models.vq_autoencoder import VQModelInterface
+from tests.helpers.fixtures import load_fixture
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 #: the random-weight decoder amplifies float32 rounding about 50-fold (a 1e-7 relative change of z moves its

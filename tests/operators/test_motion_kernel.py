@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import load_fixture
 
 from common.operators.motion_kernel import TorchRandomSource, motion_kernel
 from common.random import make_generator
+from tests.helpers.fixtures import load_fixture
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import load_fixture
 
 from common.operators import build_operator
+from tests.helpers.fixtures import load_fixture
 
 SMALL_NETWORK = dict(nf=8, kernel_dim=64, front_RBs=2, back_RBs=2, extractor_blocks=1)
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import load_fixture
 
-from common.checkpoints import CheckpointError
+from common.models.checkpoints import CheckpointError
 from common.operators import build_operator
 from common.operators.down_sampling import resize_matrix
 from common.operators.gaussian_blur import gaussian_kernel
 from common.operators.kernel_wizard import KernelWizard
 from common.operators.nonlinear_blur import fixed_latent
+from tests.helpers.fixtures import load_fixture
 
 TOL = dict(atol=1e-5, rtol=1e-5)
 SMALL_NETWORK = dict(nf=8, kernel_dim=64, front_RBs=2, back_RBs=2, extractor_blocks=1)

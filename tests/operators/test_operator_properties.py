@@ -205,7 +205,8 @@ def test_forward_without_state_says_what_to_do():
 
 # ------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize("params, message", [
-    (dict(name="down_sampling", resolution=250, scale_factor=4), "scale_factor=4 is not valid: need a divisor of the resolution 250"),
+    (dict(name="down_sampling", resolution=250, scale_factor=4),
+     "scale_factor=4 is not valid: need a divisor of the resolution 250"),
     (dict(name="down_sampling", resolution=256, scale_factor=0), "scale_factor"),
     (dict(name="gaussian_blur", resolution=16, kernel_size=61), "too large for resolution 16"),
     (dict(name="motion_blur", resolution=16, kernel_size=61), "too large for resolution 16"),

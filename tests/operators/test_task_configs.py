@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, load_fixture
 from omegaconf import OmegaConf
 
-import common.config_resolvers  # noqa: F401  (${box_side_range:…} of the inpainting yaml)
-from common.checkpoints import CheckpointError
+import common.config.resolvers  # noqa: F401  (${box_side_range:…} of the inpainting yaml)
+from common.models.checkpoints import CheckpointError
 from common.operators import build_operator
+from tests.helpers.fixtures import REPO, load_fixture
 
 TASK_DIR = REPO / "configs" / "task"
 TASKS = ["down_sampling", "inpainting", "inpainting_rand", "gaussian_blur", "motion_blur", "phase_retrieval",

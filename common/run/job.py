@@ -1,0 +1,190 @@
+"""One job: a composed config in, a finished run folder and an exit code out.
+
+    validate -> build (dataset, operator, model, sampler, metrics) -> hold the folder -> experiment loop -> finish
+
+Exit codes: 0 ok, 1 some samples diverged, 2 bad input, 3 out of memory, 4 disk full, 130 interrupted (Ctrl-C /
+SIGTERM; rerun to resume).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import sys
+import warnings
+from pathlib import Path
+from typing import Mapping
+
+import torch
+import yaml
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from common.config.compose import check_task_group_overrides, resolve_config, selected_task
+from common.config.validate import validate
+from common.data.datasets import build_dataset
+from common.data.operator_state import split_operator_config
+from common.errors import ConfigError, InputError, SettingError
+from common.evaluation.finish import finish_run
+from common.evaluation.metrics import Metrics
+from common.models import MODELS, build_model
+from common.models.acceleration import accelerate
+from common.models.checkpoints import CheckpointError
+from common.operators import build_operator
+from common.results.fingerprint import config_parts, file_digests
+from common.results.provenance import LOG_FILE, Invocation, known, terminal_log
+from common.results.reuse import check_run_directory
+from common.results.run_dir import RunDirectory, RunDirectoryError
+from common.run import distributed, sweep
+from common.run.experiment import OutOfMemory, Outputs, run_experiment
+from common.run.tracking import Tracker, run_tags
+from common.sampling import build_sampler, check_combination, check_settings
+
+
+def select_device(gpu: int, ranks: distributed.Ranks) -> torch.device:
+    """cuda:<gpu> (cuda:LOCAL_RANK under torchrun) when CUDA is available, else the CPU with a notice."""
+    if torch.cuda.is_available():
+        return torch.device(f"cuda:{ranks.device_index if ranks.world_size > 1 else gpu}")
+    if ranks.is_main:
+        print(f"note: CUDA is not available; gpu={gpu} ignored, running on the CPU")
+    return torch.device("cpu")
+
+
+def rank_label(ranks: distributed.Ranks) -> str:
+    """``[rank r/W] `` before a process's own messages under torchrun / SLURM tasks; nothing for one process."""
+    return f"[rank {ranks.rank}/{ranks.world_size}] " if ranks.world_size > 1 else ""
+
+
+def run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks = distributed.Ranks(),
+        choices: Mapping[str, str] | None = None) -> int:
+    """Run one experiment; returns the exit code (module docstring).
+
+    Nothing is written before the config is validated and built. From then on the run folder is locked
+    (a second writer is refused naming the pid), what is printed is copied to ``run.log``, and the invocation
+    is recorded in ``provenance.json`` (:mod:`common.results.provenance`); a run refused there leaves no new folder.
+    A full disk, before or during sampling, is exit code 4 with finished batches kept."""
+    with contextlib.ExitStack() as held:
+        invocation: list[Invocation] = []  # filled once the folder is held (main rank)
+        try:
+            code = _run(cfg, run_dir, ranks, choices, held, invocation)
+        except ConfigError:
+            if invocation:
+                invocation[0].end(2)
+            raise
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                if invocation:
+                    invocation[0].end(None)
+                raise
+            print(f"{rank_label(ranks)}error: the disk is full ({err.filename or run_dir}); finished batches are "
+                  f"saved in {run_dir}; free space and run the same command again to resume", file=sys.stderr)
+            code = 4
+        except BaseException:
+            if invocation:
+                invocation[0].end(None)  # stopped by an exception (see run.log): no exit code of its own
+            raise
+        if invocation:
+            invocation[0].end(code)
+        return code
+
+
+def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapping[str, str] | None,
+         held: contextlib.ExitStack, invocation: list[Invocation]) -> int:
+    """The body of :func:`run`: ``held`` keeps the folder lock and the terminal log until :func:`run` returns;
+    ``invocation`` receives the provenance entry (set its ``model_calls_per_sample`` to record that count)."""
+    resolved = resolve_config(cfg)
+    problems = validate(resolved)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    check_task_group_overrides(overrides, resolved["task_group"], resolved["task"])
+    resolved["task"] = selected_task(resolved["task"], resolved["task_group"])
+    if ranks.world_size > 1 and resolved["gpu"] != 0:
+        raise ConfigError(f"gpu={resolved['gpu']} is not valid under torchrun: each rank uses cuda:LOCAL_RANK; "
+                          f"choose devices with CUDA_VISIBLE_DEVICES and leave gpu=0")
+    device = select_device(resolved["gpu"], ranks)
+    task_group = resolved["task_group"]
+    group = resolved["task"][task_group]
+    try:
+        dataset = build_dataset(**resolved["data"])
+        try:
+            operator_params, state_plan = split_operator_config(group["operator"])
+            operator = build_operator(**operator_params).to(device)
+        except SettingError as err:
+            raise err.at(f"task.{task_group}") from None
+        sampler = build_sampler(resolved["sampler"])
+        check_combination(resolved["sampler"]["name"], sampler, MODELS.get(resolved["model"]["name"]), operator)
+        model = accelerate(build_model(**resolved["model"]).to(device), compile=resolved["compile"],
+                           channels_last=resolved["channels_last"], compile_mode=resolved["compile_mode"])
+        check_settings(sampler, model, operator)
+        with warnings.catch_warnings():
+            if not dataset.ground_truth:  # no metric is computed: a notice about missing metric weights is noise
+                warnings.simplefilter("ignore")
+            metrics = Metrics(resolved["eval_fn_list"], device=device)
+    except CheckpointError as err:
+        raise ConfigError(str(err)) from err
+    if tuple(model.image_shape[-2:]) != (dataset.resolution, dataset.resolution):
+        raise ConfigError(f"data.resolution={dataset.resolution} does not match model {resolved['model']['name']!r}, "
+                          f"which makes {model.image_shape[-1]}x{model.image_shape[-2]} images")
+    directory = RunDirectory(run_dir)
+    if ranks.is_main:
+        try:
+            held.enter_context(directory.locked(discard_if_new_on=(ConfigError,)))
+        except RunDirectoryError as err:  # another process holds the folder
+            raise ConfigError(str(err)) from err
+    notes = [] if resolved["overwrite"] else check_run_directory(run_dir, resolved)
+    checkpoints = file_digests(resolved["model"], known(directory).get("checkpoints", {}))
+    if ranks.is_main:
+        try:
+            moved = directory.start_over() if resolved["overwrite"] else None
+        except RunDirectoryError as err:  # another process took the new folder meanwhile
+            raise ConfigError(str(err)) from err
+        held.enter_context(terminal_log(run_dir / LOG_FILE))
+        if moved is not None:
+            notes.append(f"overwrite=true: the previous results in {run_dir} were moved to {moved} (delete it when "
+                         f"no longer needed); starting over")
+        for note in notes:
+            print(note)
+        directory.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        invocation.append(Invocation(directory, sys.argv, overrides, checkpoints))
+    distributed.barrier(ranks)  # the folder is prepared before any rank reads it
+    in_sweep = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
+    tracker = Tracker.start(resolved, run_dir, enabled=resolved["wandb"] and ranks.is_main,
+                            project=resolved["project_name"], entity=resolved["wandb_entity"],
+                            mode=resolved["wandb_mode"], tags=run_tags(choices or {}, resolved["task_group"]),
+                            # a sweep's jobs: one W&B group (the sweep's name), each named by its swept values
+                            name=sweep.brief_name(overrides, sweep.swept_keys(run_dir.parent)) if in_sweep else None,
+                            group=run_dir.parent.name if in_sweep else None)
+    outputs = Outputs(save_samples=resolved["save_samples"], save_traj=resolved["save_traj"],
+                      save_traj_video=resolved["save_traj_video"], trajectory_points=resolved["trajectory_points"],
+                      show_progress=resolved["show_progress"], on_step=tracker.on_step if tracker.active else None,
+                      progress_label=f"rank {ranks.rank}/{ranks.world_size}" if ranks.world_size > 1 else "sampling",
+                      on_batch=tracker.log_records if tracker.active else None)
+    try:
+        summary = run_experiment(dataset, operator, model, sampler, directory, metrics, seed=resolved["seed"],
+                                 num_runs=resolved["num_runs"], batch_size=resolved["batch_size"], device=device,
+                                 outputs=outputs, auto_batch=resolved["auto_batch"], ranks=ranks,
+                                 log=print if ranks.is_main else lambda message: None, state_plan=state_plan,
+                                 fingerprint=config_parts(resolved, checkpoints))
+    except (InputError, RunDirectoryError) as err:  # inputs that do not fit, or samples made differently:
+        # found before sampling
+        raise ConfigError(str(err)) from err
+    except KeyboardInterrupt:
+        if ranks.is_main:
+            finish_run(directory, metrics.names if dataset.ground_truth else [])
+        print(f"{chr(10) if sys.stderr.isatty() else ''}{rank_label(ranks)}interrupted: finished batches are saved "
+              f"in {run_dir}; run the same command again to resume", file=sys.stderr)  # own line, after a bar or ^C
+        return 130
+    except OutOfMemory as err:
+        if ranks.is_main:
+            finish_run(directory, metrics.names if dataset.ground_truth else [])
+        print(f"{rank_label(ranks)}error: {err}", file=sys.stderr)
+        return 3
+    if not ranks.is_main:
+        return 0
+    calls = [r["model_calls"] for r in directory.records() if r.get("model_calls") is not None]
+    if invocation and calls:
+        invocation[0].model_calls_per_sample = sum(calls) / len(calls)
+    tracker.finish(summary, run_dir)
+    print((run_dir / "eval.md").read_text())
+    print(f"results in {run_dir}")
+    return 1 if summary["failed"] else 0
