@@ -15,9 +15,6 @@ from tests.helpers.fixtures import REPO
 pytest.importorskip("wandb")
 from tests.helpers.wandb_log import decode  # noqa: E402
 
-pytestmark = pytest.mark.skipif("Tracker.start" not in (REPO / "posterior_sample.py").read_text(),
-                                reason="posterior_sample.py does not start a common.run.tracking.Tracker yet")
-
 TINY = ["data.resolution=16", "data.end_id=2", "num_runs=1", "sampler.annealing_scheduler_config.num_steps=3",
         "task.gaussian.mcmc_sampler_config.num_steps=2", "eval_fn_list=[psnr]", "show_progress=false", "batch_size=1"]
 

@@ -36,7 +36,9 @@ def test_readme_examples_run_as_written(tmp_path, section, files, overrides):
     code = readme_files(section)
     assert set(code) == files
     repo = tmp_path / "repo"
-    shutil.copytree(REPO, repo, ignore=shutil.ignore_patterns(".git", "results", "__pycache__", ".pytest_cache"))
+    skipped = shutil.ignore_patterns(".git", "__pycache__", ".pytest_cache")
+    shutil.copytree(REPO, repo, ignore=lambda folder, names: {*skipped(folder, names),
+                                                              *({"results"} & set(names) if folder == str(REPO) else ())})
     for path, text in code.items():
         assert not (repo / path).exists()
         (repo / path).write_text(text)
