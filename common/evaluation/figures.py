@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from common.evaluation import uncertainty
+from common.evaluation.summary import SCREENFUL
 from common.results.run_dir import png_bytes, to_pil
 
 MIN_TILE = 128
@@ -160,10 +161,11 @@ def _open(path: Path) -> Image.Image | None:
 
 def run_grid(root: Path, summary: Mapping[str, Any], metric_names: Sequence[str]) -> Image.Image | None:
     """``grid_results.png`` of the run directory ``root`` from its files and ``summary`` (metrics.json):
-    columns = images; rows = ground truth (when known), measurement, one row per run (its metrics under each
-    tile), the posterior mean (its PSNR) and the std heat map (when computed). None before any sample."""
+    columns = the first :data:`~common.evaluation.summary.SCREENFUL` images (the rest are in eval.md and the page's
+    cards); rows = ground truth (when known), measurement, one row per run (its metrics under each tile), the
+    posterior mean (its PSNR) and the std heat map (when computed). None before any sample."""
     images = summary.get("images") or {}
-    ids = sorted(int(i) for i in images)
+    ids = sorted(int(i) for i in images)[:SCREENFUL]
     if not ids:
         return None
     runs = sorted({entry["run"] for i in ids for entry in images[str(i)]["runs"]})
