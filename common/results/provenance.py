@@ -98,6 +98,11 @@ class Invocation:
         self.model_calls_per_sample: float | None = None
         self._write()
 
+    def total_wall_s(self) -> float:
+        """Wall seconds of the folder's earlier invocations plus this one's so far."""
+        earlier = [i.get("wall_s") for i in self._invocations if i is not self.entry]
+        return sum(w for w in earlier if isinstance(w, (int, float))) + time.monotonic() - self._start
+
     def end(self, exit_code: int | None) -> None:
         """Record the end time, wall time, exit code (None: stopped by an exception) and the model calls per
         sample."""

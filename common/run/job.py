@@ -194,7 +194,7 @@ def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapp
     calls = [r["model_calls"] for r in directory.records() if r.get("model_calls") is not None]
     if invocation and calls:
         invocation[0].model_calls_per_sample = sum(calls) / len(calls)
-    tracker.finish(summary, run_dir)
+    tracker.finish(summary, run_dir, invocation[0].total_wall_s() if invocation else None)
     print(markdown_table(summary, list(summary["summary"]), max_images=SCREENFUL))
     print(f"results in {run_dir}")
     return 1 if summary["failed"] else 0
