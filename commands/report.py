@@ -229,7 +229,7 @@ def collect(roots: Iterable[str | Path], stat: str = "mean", papers: str | Path 
     CSV (rows without a match get ``paper_note``, the reason)."""
     found, skipped = find_runs(roots)
     rows = sorted((run_row(d, stat) for d in found),
-                  key=lambda r: (r["dataset"], r["task"], r["model"], r["sampler"], r["label"], r["source"]))
+                  key=lambda r: (r["dataset"], r["task"], r["model"], r["label"], r["source"]))
     present = {k[:-5] for r in rows for k, v in r.items()
                if k.endswith("_mean") and not k.endswith("_of_mean") and v is not None}  # no column of nulls
     metrics = [m for m in METRIC_NAMES if m in present] + sorted(present - set(METRIC_NAMES))
@@ -312,15 +312,20 @@ def columns(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> list[C
 
 
 def best_cells(rows: Sequence[Mapping[str, Any]], cols: Sequence[Column]) -> set[tuple[int, int]]:
-    """(row, column) of the best value of each column among our rows (ties all marked; none with one row)."""
-    ours = [i for i, r in enumerate(rows) if not r.get("paper")]
+    """(row, column) of the best value of each column among our rows of the same dataset and task (ties all marked;
+    none where the values do not differ)."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, row in enumerate(rows):
+        if not row.get("paper"):
+            groups.setdefault((row["dataset"], row["task"]), []).append(i)
     marked = set()
-    for c, column in enumerate(cols):
-        scores = {i: badness(column.key, rows[i]) for i in ours} if column.key and len(ours) > 1 else {}
-        scores = {i: s for i, s in scores.items() if s is not None}
-        if len(scores) > 1 and len(set(scores.values())) > 1:
-            low = min(scores.values())
-            marked |= {(i, c) for i, s in scores.items() if math.isclose(s, low, rel_tol=1e-9, abs_tol=1e-12)}
+    for ours in groups.values():
+        for c, column in enumerate(cols):
+            scores = {i: badness(column.key, rows[i]) for i in ours} if column.key else {}
+            scores = {i: s for i, s in scores.items() if s is not None}
+            if len(scores) > 1 and len(set(scores.values())) > 1:
+                low = min(scores.values())
+                marked |= {(i, c) for i, s in scores.items() if math.isclose(s, low, rel_tol=1e-9, abs_tol=1e-12)}
     return marked
 
 
@@ -331,7 +336,7 @@ def statement(stat: str, rows: Sequence[Mapping[str, Any]]) -> str:
     return (f"Metric columns: the {STATISTICS[stat]}, averaged over images{spread}. PSNR/SSIM of mean: the posterior "
             "mean of ≥ 2 runs. 1σ coverage: pixels with |x − mean| ≤ 1 std, against what an exact sampler gives with "
             f"the same runs (0.683 for many runs). residual / σ√m: {RESIDUAL_RATIO_NOTE}. Best of each column in "
-            "bold (coverage: closest to the exact sampler's; residual: closest to 1).")
+            "bold among the runs of one task (coverage: closest to the exact sampler's; residual: closest to 1).")
 
 
 def _table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str]
@@ -492,6 +497,7 @@ def comparison_png(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], st
     parts = [table_image([c.heading for c in cols], body, best)]
     for group in _groups(rows):
         images, vmax = image_rows(group, PNG_IMAGES)
+        images = [i for i in images if i.truth is not None or any(p is not None for p in i.samples)]
         grid_rows: list[tuple[str, list[Tile]]] = []
         for image in images:
             region = _crop_for(image, crop)
@@ -514,10 +520,11 @@ def comparison_png(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], st
 
 COMPARE_STYLE = """
 table.cmp { table-layout: fixed; width: 100%; }
-table.cmp td, table.cmp th { padding: 2px; text-align: center; overflow-wrap: anywhere; font-size: 0.85em; }
+table.cmp td, table.cmp th { padding: 2px; text-align: center; vertical-align: top; overflow-wrap: anywhere;
+                             font-size: 0.85em; }
 table.cmp th.rowname { width: 7em; text-align: right; }
 table.cmp img { width: 100%; image-rendering: pixelated; display: block; }
-table.results td, table.results th { overflow-wrap: anywhere; }
+table.results td { white-space: nowrap; } table.results th { overflow-wrap: anywhere; }
 td.best { font-weight: bold; background: #e6f4e6; }
 """
 
@@ -562,6 +569,9 @@ def _image_sections(rows: Sequence[Mapping[str, Any]], page: Path, crop: Crop | 
     parts = []
     for g, group in enumerate(_groups(rows)):
         images, vmax = image_rows(group, SCREENFUL)
+        images = [i for i in images if i.truth is not None or any(p is not None for p in i.samples)]
+        if not images:
+            continue
         total = len(set.intersection(*(set(r["_summary"].get("images") or {}) for r in group)))
         heading = f"<h2>Per image: {e(group[0]['task'])} · {e(group[0]['dataset'])}</h2>"
         more = (f" The first {len(images)} of {total} images; every image is on each run's own page."
