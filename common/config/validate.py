@@ -124,6 +124,10 @@ def _switch_problems(cfg: Mapping[str, Any]) -> list[str]:
                         f"run folder; split larger studies over several names")
     if "trajectory_points" in cfg:
         _positive_int(cfg, "trajectory_points", problems)
+    images = cfg.get("trajectory_images")
+    if images is not None and (isinstance(images, bool) or not isinstance(images, int) or images < 0):
+        problems.append(f"trajectory_images={images!r} is not valid: need an integer ≥ 0 (progress strips for the "
+                        f"first this many images) or null (every image)")
     if "compile_mode" in cfg and cfg["compile_mode"] not in COMPILE_MODES:
         problems.append(f"compile_mode={cfg['compile_mode']!r} is not valid: choose one of {', '.join(COMPILE_MODES)}")
     if "project_name" in cfg and (not isinstance(cfg["project_name"], str) or not cfg["project_name"]):

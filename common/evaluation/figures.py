@@ -25,6 +25,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from common.evaluation import uncertainty
+from common.evaluation.summary import SCREENFUL
 from common.results.run_dir import png_bytes, to_pil
 
 MIN_TILE = 128
@@ -38,11 +39,13 @@ PAD = 6
 
 
 @functools.lru_cache(maxsize=None)
-def font(size: int) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans at ``size`` px, the TrueType file matplotlib ships (Greek, sub/superscripts included)."""
+def font(size: int, bold: bool = False) -> ImageFont.FreeTypeFont:
+    """DejaVu Sans (``bold``: DejaVu Sans Bold) at ``size`` px, the TrueType files matplotlib ships (Greek,
+    sub/superscripts included)."""
     import matplotlib
 
-    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"), size)
+    name = "DejaVuSans-Bold.ttf" if bold else "DejaVuSans.ttf"
+    return ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / name), size)
 
 
 def enlarge(image: Image.Image, minimum: int = MIN_TILE) -> Image.Image:
@@ -144,6 +147,47 @@ def _draw_colour_bar(draw: ImageDraw.ImageDraw, canvas: Image.Image, bar: Colour
     draw.text((x0, y0 + 21 + size + 2), bar.label, font=font(size), fill=INK)
 
 
+def colour_bar_image(bar: ColourBar, length: int = 360, size: int = 12) -> Image.Image:
+    """The heat-map scale of :func:`labelled_grid` on its own (a page's shared std scale)."""
+    canvas = Image.new("RGB", (max(length, _text_size(bar.label, size)[0]) + 2 * PAD, 3 * PAD + 14 + 2 * (size + 4)),
+                       BACKGROUND)
+    _draw_colour_bar(ImageDraw.Draw(canvas), canvas, bar, (PAD, PAD), length, size)
+    return canvas
+
+
+def table_image(header: Sequence[str], body: Sequence[Sequence[str]], bold: set[tuple[int, int]] = frozenset(),
+                size: int = 13) -> Image.Image:
+    """A drawn table: a header row, then ``body`` rows; the (row, column) cells in ``bold`` in bold type (the best
+    of a column), the first column left-aligned, the others right-aligned."""
+    rows = [list(header), *map(list, body)]
+    # bold type is up to ~12 % wider than the regular type _text_size measures
+    widths = [int(1.12 * max(_text_size(row[c], size)[0] for row in rows)) + 3 * PAD for c in range(len(header))]
+    line_h = _text_size("Ag", size)[1] + 2 * PAD
+    canvas = Image.new("RGB", (sum(widths) + 1, line_h * len(rows) + 1), BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle([0, 0, sum(widths), line_h - 1], fill=(238, 238, 238))
+    for r, row in enumerate(rows):
+        x = 0
+        for c, (text, width) in enumerate(zip(row, widths)):
+            heavy = r == 0 or (r - 1, c) in bold
+            at, anchor = ((x + PAD, r * line_h + line_h // 2), "lm") if c == 0 else \
+                ((x + width - PAD, r * line_h + line_h // 2), "rm")
+            draw.text(at, text, font=font(size, heavy), fill=INK, anchor=anchor)
+            x += width
+        draw.line([0, (r + 1) * line_h, sum(widths), (r + 1) * line_h], fill=(200, 200, 200))
+    return canvas
+
+
+def stack(pictures: Sequence[Image.Image]) -> Image.Image:
+    """Pictures one under the other, left-aligned on white."""
+    canvas = Image.new("RGB", (max(p.width for p in pictures), sum(p.height + PAD for p in pictures)), BACKGROUND)
+    y = 0
+    for picture in pictures:
+        canvas.paste(picture, (0, y))
+        y += picture.height + PAD
+    return canvas
+
+
 def metric_caption(values: Mapping[str, Any], names: Sequence[str]) -> str:
     """'PSNR 21.34' / 'SSIM 0.612' / 'LPIPS 0.301': one metric a line (narrower than a tile, so the layout does
     not depend on the values), missing ones left out."""
@@ -160,10 +204,11 @@ def _open(path: Path) -> Image.Image | None:
 
 def run_grid(root: Path, summary: Mapping[str, Any], metric_names: Sequence[str]) -> Image.Image | None:
     """``grid_results.png`` of the run directory ``root`` from its files and ``summary`` (metrics.json):
-    columns = images; rows = ground truth (when known), measurement, one row per run (its metrics under each
-    tile), the posterior mean (its PSNR) and the std heat map (when computed). None before any sample."""
+    columns = the first :data:`~common.evaluation.summary.SCREENFUL` images (the rest are in eval.md and the page's
+    cards); rows = ground truth (when known), measurement, one row per run (its metrics under each tile), the
+    posterior mean (its PSNR) and the std heat map (when computed). None before any sample."""
     images = summary.get("images") or {}
-    ids = sorted(int(i) for i in images)
+    ids = sorted(int(i) for i in images)[:SCREENFUL]
     if not ids:
         return None
     runs = sorted({entry["run"] for i in ids for entry in images[str(i)]["runs"]})

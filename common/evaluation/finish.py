@@ -2,8 +2,8 @@
 
 :func:`finish_run` reads the folder's records and files (storage: :class:`~common.results.run_dir.RunDirectory`)
 and writes ``metrics.json``, ``eval.md``, ``records.csv``, the uncertainty maps, ``grid_results.png`` and
-``report.html``. The experiment loop calls it at the end of a run and when a run stops early, so that a failing run
-keeps every finished result.
+``report.html``; :func:`refresh_report` rewrites the page once the invocation has ended. The experiment loop calls
+:func:`finish_run` at the end of a run and when a run stops early, so that a failing run keeps every finished result.
 """
 from __future__ import annotations
 
@@ -38,3 +38,11 @@ def finish_run(directory: RunDirectory, metric_names: Sequence[str], image_names
         atomic_write_bytes(directory.root / "grid_results.png", png_bytes(grid))
     directory.write_text("report.html", report_html(directory.root, summary, metric_names))
     return summary
+
+
+def refresh_report(directory: RunDirectory) -> None:
+    """Rewrite ``report.html`` from the folder's ``metrics.json`` and ``provenance.json`` as they are now (after the
+    invocation has recorded its end, so the page shows the final status and exit code); nothing without metrics.json."""
+    summary = directory.read_json("metrics.json")
+    if summary is not None:
+        directory.write_text("report.html", report_html(directory.root, summary, list(summary.get("summary", {}))))

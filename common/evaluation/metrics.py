@@ -20,9 +20,12 @@ Set metrics, computed once per run directory over all samples against the ground
 * ``kid``  the unbiased MMD² with the cubic polynomial kernel on the same features (piq.KID).
 
 Without the Inception weights both are ``None`` after one notice.
+
+Without ground truth: ``residual`` ‖A(x̂) − y‖ and ``residual_ratio`` = residual / (σ√m) (:func:`residual_ratio`).
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -45,11 +48,24 @@ SET_METRICS = ("fid", "kid")
 METRIC_NAMES = (*HIGHER_IS_BETTER, *SET_METRICS)
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FEW_IMAGES = 1000
+#: what the normalised residual (:func:`residual_ratio`) means, stated wherever it is shown
+RESIDUAL_RATIO_NOTE = ("normalised residual ‖A(x̂) − y‖ / (σ√m), σ the noise std and m the number of measured "
+                       "values: ≈ 1 fits the measurement to its noise (expected value), ≪ 1 overfits the noise, "
+                       "≫ 1 does not fit the data")
 
 LPIPS_FILES = {"backbone": "vgg16-397923af.pth", "layers": "lpips_weights.pt"}
 LPIPS_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
 #: the lpips package's variants: metric name -> (its ``net``, the torchvision backbone file it needs)
 ORIGINAL_LPIPS = {"lpips_alex": ("alex", "alexnet-owt-7be5be79.pth"), "lpips_vgg": ("vgg", "vgg16-397923af.pth")}
+
+
+def residual_ratio(residual: float | None, sigma: float | None, count: int) -> float | None:
+    """‖A(x̂) − y‖ / (σ √m) for ``residual`` = ‖A(x̂) − y‖ over ``count`` = m measured values with Gaussian noise of
+    std σ: ‖n‖ ≈ σ√m for the noise n itself, so a sample that fits the data as well as the truth does scores ≈ 1.
+    None without a residual or without Gaussian noise (σ None or 0)."""
+    if residual is None or not sigma or count < 1:
+        return None
+    return residual / (sigma * math.sqrt(count))
 
 
 def to_unit(x: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@
 need the device): the posterior mean/std maps per image and the set metrics (FID/KID) over all samples.
 
 Per image with n ≥ 2 finished runs (see :mod:`common.evaluation.uncertainty`): mean m = (1/n) Σ_r x̂_r, unbiased std s,
-PSNR(m, x) and the coverage P(|x − m| ≤ k s) at k = 1, 2, pooled over images weighted by pixel count.
+PSNR(m, x), SSIM(m, x) and the coverage P(|x − m| ≤ k s) at k = 1, 2, pooled over images weighted by pixel count.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def write_uncertainty(directory: RunDirectory, records: list[dict[str, Any]], su
         samples = torch.stack([torch.load(directory.raw_path(image_id, r), weights_only=True).float() for r in runs])
         maps[image_id] = uncertainty.moments(samples)
     vmax = max(float(uncertainty.std_magnitude(std).max()) for _, std in maps.values())
-    psnr = Metrics(["psnr"])
+    scores = Metrics(["psnr", "ssim"])
     curves, counts = [], []
     for image_id, (mean, std) in maps.items():
         directory.write_image(f"uncertainty/{image_id:05d}_mean.png", mean.float())
@@ -52,12 +52,14 @@ def write_uncertainty(directory: RunDirectory, records: list[dict[str, Any]], su
                               torch_bytes({"mean": mean.float(), "std": std.float(), "runs": by_image[image_id]}))
         entry: dict[str, Any] = {"runs": len(by_image[image_id]),
                                  "std_rms": float(uncertainty.std_magnitude(std).pow(2).mean().sqrt()),
-                                 "psnr_of_mean": None, "coverage_1std": None, "coverage_2std": None}
+                                 "psnr_of_mean": None, "ssim_of_mean": None, "coverage_1std": None,
+                                 "coverage_2std": None}
         gt_path = directory.raw_path(image_id, None)
         if gt_path.is_file():
             gt = torch.load(gt_path, weights_only=True).float()
-            value = psnr(mean.float()[None], gt[None])["psnr"]
-            entry["psnr_of_mean"] = finite_or_none(float(value[0]))
+            values = scores(mean.float()[None], gt[None])
+            entry["psnr_of_mean"] = finite_or_none(float(values["psnr"][0]))
+            entry["ssim_of_mean"] = finite_or_none(float(values["ssim"][0]))
             curve = uncertainty.coverage(gt, mean, std, uncertainty.FIGURE_LEVELS)
             entry["coverage_1std"], entry["coverage_2std"] = uncertainty.coverage(gt, mean, std)
             curves.append(curve)
@@ -66,7 +68,9 @@ def write_uncertainty(directory: RunDirectory, records: list[dict[str, Any]], su
     runs = min(len(r) for r in by_image.values())
     out: dict[str, Any] = {
         "images": len(maps), "runs": runs, "heat_map_max": vmax,
-        "psnr_of_mean": mean_std(finite(summary["images"][str(i)]["posterior"]["psnr_of_mean"] for i in maps)),
+        **{key: mean_std(finite(summary["images"][str(i)]["posterior"][key] for i in maps))
+           for key in ("psnr_of_mean", "ssim_of_mean")},
+        "std_relative_error": uncertainty.std_relative_error(runs),
         "coverage_1std": None, "coverage_2std": None,
         "gaussian_1std": uncertainty.gaussian_coverage()[0], "gaussian_2std": uncertainty.gaussian_coverage()[1],
         "calibrated_1std": uncertainty.calibrated_coverage(runs)[0],

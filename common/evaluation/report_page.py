@@ -18,8 +18,10 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from common.evaluation import uncertainty
 from common.evaluation.figures import METRIC_LABELS, metric_caption
-from common.evaluation.metrics import METRIC_DESCRIPTIONS
+from common.evaluation.metrics import METRIC_DESCRIPTIONS, RESIDUAL_RATIO_NOTE
+from common.evaluation.summary import SCREENFUL
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "config.yaml"
 STYLE = """
@@ -62,6 +64,27 @@ def describe(config: Mapping[str, Any]) -> dict[str, str]:
             "task_group": str(group)}
 
 
+#: registry name -> the method's name in the papers (headings show ``<config name> (<method>)``, e.g. ``demo (DAPS)``)
+METHOD_NAMES = {"edm_daps": "DAPS", "latent_edm_daps": "LatentDAPS", "sd_edm_daps": "DAPS-SD", "dps": "DPS",
+                "latent_dps": "LatentDPS", "psld": "PSLD", "resample": "ReSample", "ddrm": "DDRM", "ddnm": "DDNM",
+                "pigdm": "ΠGDM", "mmps": "MMPS", "diffpir": "DiffPIR", "reddiff": "RED-diff"}
+
+
+def sampler_label(config: Mapping[str, Any], provenance: Mapping[str, Any] | None) -> str:
+    """``<sampler config name> (<method>)``: the config name the last invocation chose (``provenance.json``;
+    the registry name for folders that did not record it) and the method of the registry name."""
+    registry = str((config.get("sampler") or {}).get("name", "?"))
+    chosen = [i["choices"]["sampler"] for i in (provenance or {}).get("invocations", [])
+              if isinstance(i.get("choices"), Mapping) and i["choices"].get("sampler")]
+    return f"{chosen[-1] if chosen else registry} ({METHOD_NAMES.get(registry, registry)})"
+
+
+def final_status(provenance: Mapping[str, Any] | None) -> str:
+    """The last invocation's status (:func:`_status`), or '' when none is recorded."""
+    invocations = (provenance or {}).get("invocations") or []
+    return _status(invocations[-1]) if invocations else ""
+
+
 def changed_settings(config: Mapping[str, Any], defaults_file: Path = DEFAULT_CONFIG
                      ) -> list[tuple[str, Any, Any]]:
     """(key, this run's value, default) for each top-level setting of ``config`` that differs from
@@ -92,12 +115,14 @@ def _pm(stats: Mapping[str, Any] | None, metric: str, show_std: bool = True) -> 
     return text + (f" ± {_num(stats['std'], metric)}" if show_std and stats.get("std") is not None else "")
 
 
-def _img(root: Path, relative: str, caption: str = "", width: int | None = None) -> str:
-    """A figure for ``relative`` (only when the file exists), shown at least ``width`` px wide."""
+def _img(root: Path, relative: str, caption: str = "", width: int | None = None, lazy: bool = False) -> str:
+    """A figure for ``relative`` (only when the file exists), shown at least ``width`` px wide; ``lazy``: the browser
+    loads it only when it is scrolled near."""
     if not (root / relative).is_file():
         return ""
     size = f' width="{width}"' if width else ""
-    return (f'<figure><img class="pixel" src="{_e(relative)}" alt="{_e(caption or relative)}"{size}>'
+    loading = ' loading="lazy"' if lazy else ""
+    return (f'<figure><img class="pixel" src="{_e(relative)}" alt="{_e(caption or relative)}"{size}{loading}>'
             f'<figcaption>{_e(caption)}</figcaption></figure>')
 
 
@@ -138,24 +163,31 @@ def _metrics_section(summary: Mapping[str, Any], metric_names: Sequence[str]) ->
     head = ("<tr><th class=left>image</th>"
             + "".join(f"<th>{_e(METRIC_LABELS.get(m, m))} mean ± std over runs</th><th>best (oracle)</th>"
                       f"<th>best (residual)</th>" for m in shown)
-            + ("<th>PSNR of the posterior mean</th>" if has_mean else "") + "<th>residual ‖A(x̂) − y‖</th></tr>")
+            + ("<th>PSNR of the posterior mean</th>" if has_mean else "")
+            + "<th>residual ‖A(x̂) − y‖</th><th>residual / (σ√m), expected ≈ 1</th></tr>")
     body = []
-    for image_id, entry in summary.get("images", {}).items():
+    images = summary.get("images", {})
+    for image_id, entry in list(images.items())[:SCREENFUL]:
         cells = "".join(f"<td>{_pm(entry.get(m), m)}</td><td>{_num(entry[m].get('best_oracle'), m)}</td>"
                         f"<td>{_num(entry[m].get('best_residual'), m)}</td>" for m in shown if m in entry)
         mean = (f"<td>{_num((entry.get('posterior') or {}).get('psnr_of_mean'), 'psnr')}</td>" if has_mean else "")
         body.append(f"<tr><td class=left>{_e(image_id)}: {_e(entry.get('name'))}</td>{cells}{mean}"
-                    f"<td>{_pm(entry.get('residual'), '')}</td></tr>")
+                    f"<td>{_pm(entry.get('residual'), '')}</td><td>{_pm(entry.get('residual_ratio'), '')}</td></tr>")
+    if len(images) > SCREENFUL:
+        body.append(f"<tr><td class=left colspan=99>… {len(images) - SCREENFUL} more images: <a href=\"eval.md\">"
+                    "eval.md</a>, <a href=\"records.csv\">records.csv</a> and the cards below</td></tr>")
     cells = "".join(f"<td><b>{_pm(overall.get(m), m)}</b></td><td>{_num(overall.get(m, {}).get('best_oracle_mean'), m)}"
                     f"</td><td>{_num(overall.get(m, {}).get('best_residual_mean'), m)}</td>" for m in shown)
     mean = f"<td><b>{_pm(posterior.get('psnr_of_mean'), 'psnr')}</b></td>" if has_mean else ""
-    body.append(f"<tr><th class=left>all images</th>{cells}{mean}<td>{_pm(summary.get('residual'), '')}</td></tr>")
+    body.append(f"<tr><th class=left>all images</th>{cells}{mean}<td>{_pm(summary.get('residual'), '')}</td>"
+                f"<td><b>{_pm(summary.get('residual_ratio'), '')}</b></td></tr>")
     notes = [f"<b>{_e(METRIC_LABELS.get(m, m))}</b>: {_e(METRIC_DESCRIPTIONS.get(m, m))}" for m in shown]
     notes.append("<b>mean ± std over runs</b>: each sample is one draw from the posterior p(x | y); the row "
                  "averages the runs of one image, the last row averages the images (± std over images)")
     notes.append("<b>best (oracle)</b>: each image's best run by that metric against the ground truth (what the "
                  "DAPS tables report); <b>best (residual)</b>: the run with the smallest ‖A(x̂) − y‖, chosen "
                  "without the ground truth")
+    notes.append(f"<b>residual / (σ√m)</b>: {_e(RESIDUAL_RATIO_NOTE)} (– without Gaussian noise)")
     if has_mean:
         notes.append("<b>PSNR of the posterior mean</b>: the pixel-wise mean of the runs, an estimate of E[x | y], "
                      "the minimum-mean-squared-error reconstruction. It is smoother and scores a higher PSNR than "
@@ -185,25 +217,29 @@ def _metrics_section(summary: Mapping[str, Any], metric_names: Sequence[str]) ->
 
 def _cards_section(root: Path, summary: Mapping[str, Any], metric_names: Sequence[str], width: int) -> str:
     cards = []
-    for image_id, entry in summary.get("images", {}).items():
-        i = int(image_id)
-        figures = [_img(root, f"inputs/{i:05d}_gt.png", "ground truth", width),
-                   _img(root, f"inputs/{i:05d}_measurement.png", "measurement y", width)]
+    for position, (image_id, entry) in enumerate(summary.get("images", {}).items()):
+        i, lazy = int(image_id), position >= SCREENFUL  # beyond the first screenful: loaded when scrolled to
+
+        def figure(relative: str, caption: str = "", size: int | None = width, lazy: bool = lazy) -> str:
+            return _img(root, relative, caption, size, lazy)
+
+        figures = [figure(f"inputs/{i:05d}_gt.png", "ground truth"),
+                   figure(f"inputs/{i:05d}_measurement.png", "measurement y")]
         for run in entry.get("runs", []):
             r = run["run"]
             caption = "diverged" if run.get("failed_at_step") is not None else metric_caption(run, metric_names)
-            figures.append(_img(root, f"samples/{i:05d}_run{r:04d}.png", f"sample, run {r}\n{caption}", width))
+            figures.append(figure(f"samples/{i:05d}_run{r:04d}.png", f"sample, run {r}\n{caption}"))
         posterior = entry.get("posterior") or {}
         psnr = posterior.get("psnr_of_mean")
-        figures.append(_img(root, f"uncertainty/{i:05d}_mean.png",
-                            "posterior mean" + (f"\nPSNR {psnr:.2f}" if isinstance(psnr, float) else ""), width))
-        figures.append(_img(root, f"uncertainty/{i:05d}_std.png", "posterior std (heat map)", width))
+        figures.append(figure(f"uncertainty/{i:05d}_mean.png",
+                              "posterior mean" + (f"\nPSNR {psnr:.2f}" if isinstance(psnr, float) else "")))
+        figures.append(figure(f"uncertainty/{i:05d}_std.png", "posterior std (heat map)"))
         strips = sorted((root / "trajectory").glob(f"{i:05d}_run*.png"))
         trajectory = ""
         if strips:  # the first run's progress (and its animation, with save_traj_video)
             run = int(strips[0].stem.split("_run")[1])
-            trajectory = (_img(root, f"trajectory/{strips[0].name}", f"trajectory of run {run}")
-                          + _img(root, f"trajectory/{strips[0].stem}.gif", f"animation of run {run}"))
+            trajectory = (figure(f"trajectory/{strips[0].name}", f"trajectory of run {run}", None)
+                          + figure(f"trajectory/{strips[0].stem}.gif", f"animation of run {run}", None))
         cards.append(f'<div class=card><h3>{_e(image_id)}: {_e(entry.get("name"))}</h3>{"".join(figures)}'
                      f'<div>{trajectory}</div></div>')
     return "<h2>Per image</h2>\n<div class=cards>" + "\n".join(cards) + "</div>"
@@ -214,7 +250,10 @@ def _uncertainty_section(root: Path, u: Mapping[str, Any] | None) -> str:
         return ""
     parts = [f"<h2>Posterior uncertainty</h2><p>{u['images']} image(s) with at least {u['runs']} runs each. The "
              "std maps show the per-pixel standard deviation of the samples (RMS over RGB, image units: images span "
-             f"[−1, 1]; black 0 → white {u['heat_map_max']:.3g}).</p>"]
+             f"[−1, 1]; black 0 → white {u['heat_map_max']:.3g}). Each std map rests on {u['runs']} runs: its "
+             f"per-pixel values carry a relative sampling error of about 1/√(2(n − 1)) = "
+             f"{uncertainty.std_relative_error(u['runs']):.2f}, so fine structure in it is mostly estimation noise "
+             "at small n.</p>"]
     if u.get("coverage_1std") is not None:
         rows = "".join(f"<tr><td>{k} std</td><td>{u[f'coverage_{k}std']:.3f}</td><td>{u[f'calibrated_{k}std']:.3f}"
                        f"</td><td>{u[f'gaussian_{k}std']:.3f}</td></tr>" for k in (1, 2))
@@ -231,6 +270,14 @@ def _files_line(root: Path) -> str:
     names = [n for n in ("config.yaml", "metrics.json", "eval.md", "records.csv", "protocol.json",
                          "provenance.json", "run.log") if (root / n).is_file()]
     return "<p class=note>Files: " + ", ".join(f'<a href="{n}">{n}</a>' for n in names) + ".</p>" if names else ""
+
+
+def _status(invocation: Mapping[str, Any]) -> str:
+    """'finished, exit code 0', 'stopped by an exception (see run.log)' or 'still running' (no end recorded)."""
+    if not invocation.get("ended"):
+        return "still running"
+    code = invocation.get("exit_code")
+    return "stopped by an exception (see run.log)" if code is None else f"finished, exit code {code}"
 
 
 def _provenance_section(protocol: Mapping[str, Any] | None, provenance: Mapping[str, Any] | None) -> str:
@@ -255,8 +302,8 @@ def _provenance_section(protocol: Mapping[str, Any] | None, provenance: Mapping[
         calls = invocation.get("model_calls_per_sample")
         parts.append("<p>" + _e(" ".join(invocation.get("command", []))) + "<br>"
                      f"git {_e(invocation.get('git_commit'))}{' (dirty tree)' if invocation.get('git_dirty') else ''}; "
-                     f"started {_e(invocation.get('started'))}"
-                     + (f", wall time {wall:.1f} s" if isinstance(wall, (int, float)) else ", still running")
+                     f"started {_e(invocation.get('started'))}, {_status(invocation)}"
+                     + (f", wall time {wall:.1f} s" if isinstance(wall, (int, float)) else "")
                      + (f", {calls:g} model calls per sample" if isinstance(calls, (int, float)) else "") + "</p>")
     return "\n".join(parts)
 
@@ -267,15 +314,22 @@ def report_html(root: Path, summary: Mapping[str, Any], metric_names: Sequence[s
     config = _read(root / "config.yaml") or {}
     provenance = _read(root / "provenance.json")
     what = describe(config) if config else {}
+    if what:
+        what["sampler"] = sampler_label(config, provenance)
     title = f"{root.name}: " + " · ".join(what[k] for k in ("task", "sampler", "model", "dataset") if k in what)
+    status = final_status(provenance)
+    images = len(summary.get("images") or {})
+    grid_columns = f"the first {SCREENFUL} of {images} images" if images > SCREENFUL else "images"
     resolution = ((config.get("data") or {}).get("resolution")) if config else None
     width = max(128, int(resolution)) if isinstance(resolution, int) else 128
     sections = [
         f"<h1>{_e(title)}</h1>",
+        f"<p class=status>Status: <b>{_e(status)}</b> (the last invocation; all of them under Provenance)</p>"
+        if status else "",
         _settings_section(root, config, provenance) if config else "",
         _metrics_section(summary, metric_names),
-        "<h2>Overview</h2>" + _img(root, "grid_results.png", "columns: images; rows: ground truth, measurement, "
-                                   "each run's sample, posterior mean and std (when num_runs ≥ 2)"),
+        "<h2>Overview</h2>" + _img(root, "grid_results.png", f"columns: {grid_columns}; rows: ground truth, "
+                                   "measurement, each run's sample, posterior mean and std (when num_runs ≥ 2)"),
         _cards_section(root, summary, metric_names, width),
         _uncertainty_section(root, summary.get("uncertainty")),
         _provenance_section(summary.get("protocol"), provenance),

@@ -14,7 +14,12 @@ from typing import Any, Iterable, Sequence
 
 import torch
 
-from common.evaluation.metrics import FEW_IMAGES, HIGHER_IS_BETTER, METRIC_DESCRIPTIONS
+from common.evaluation import uncertainty
+from common.evaluation.metrics import FEW_IMAGES, HIGHER_IS_BETTER, METRIC_DESCRIPTIONS, RESIDUAL_RATIO_NOTE
+
+#: images listed one per row where a person reads the table (terminal, grid, the page's first screen); the rest are
+#: in eval.md, records.csv and the page's per-image cards
+SCREENFUL = 16
 
 
 def finite_or_none(value: float | None) -> float | None:
@@ -42,7 +47,9 @@ def summarize(records: list[dict[str, Any]], metric_names: Sequence[str], image_
     the ground truth, what the DAPS tables report) and the residual-best run (smallest ‖A(x̂) − y‖, no oracle),
     and the residual's mean/std/min over runs.
     Overall: for each metric, mean/std over images of the per-image run-mean, and the means of both bests;
-    ``residual``: mean/std over images of the per-image run-mean residual."""
+    ``residual`` and ``residual_ratio`` (‖A(x̂) − y‖ / (σ√m), see :func:`common.evaluation.metrics.residual_ratio`):
+    mean/std over images of the per-image run-means; ``cost``: denoiser evaluations (``model_calls``) and backward
+    passes (``model_backward``) per sample, averaged over the samples that recorded them."""
     by_image: dict[int, list[dict[str, Any]]] = {}
     for rec in records:
         by_image.setdefault(rec["image_id"], []).append(rec)
@@ -54,12 +61,14 @@ def summarize(records: list[dict[str, Any]], metric_names: Sequence[str], image_
         failed += [{"image_id": image_id, "run": r["run"], "step": r["failed_at_step"]}
                    for r in recs if r.get("failed_at_step") is not None]
         entry: dict[str, Any] = {"name": image_names.get(image_id, recs[0].get("name")),
-                                 "runs": [{k: r.get(k) for k in ("run", *metric_names, "residual", "failed_at_step")}
+                                 "runs": [{k: r.get(k) for k in ("run", *metric_names, "residual", "residual_ratio",
+                                                                 "failed_at_step")}
                                           for r in recs]}
         residuals = finite(r.get("residual") for r in ok)
         by_residual = min((r for r in ok if finite([r.get("residual")])), key=lambda r: r["residual"], default=None)
         entry["residual"] = {**mean_std(residuals), "min": min(residuals) if residuals else None,
                              "best_run": by_residual["run"] if by_residual else None}
+        entry["residual_ratio"] = mean_std(finite(r.get("residual_ratio") for r in ok))
         for m in metric_names:
             values = finite(r.get(m) for r in ok)
             pick = max if HIGHER_IS_BETTER[m] else min
@@ -72,21 +81,25 @@ def summarize(records: list[dict[str, Any]], metric_names: Sequence[str], image_
         overall[m] = {**mean_std(finite(e["mean"] for e in per_image)),
                       "best_oracle_mean": mean_std(finite(e["best_oracle"] for e in per_image))["mean"],
                       "best_residual_mean": mean_std(finite(e["best_residual"] for e in per_image))["mean"]}
+    cost = {key: mean_std(finite(r.get(key) for r in records))["mean"] for key in ("model_calls", "model_backward")}
     return {"summary": overall, "residual": mean_std(finite(images[k]["residual"]["mean"] for k in images)),
+            "residual_ratio": mean_std(finite(images[k]["residual_ratio"]["mean"] for k in images)), "cost": cost,
             "images": images, "failed": failed, "num_images": len(images), "num_samples": len(records)}
 
 
 def records_csv(records: list[dict[str, Any]], metric_names: Sequence[str], summary: dict[str, Any]) -> str:
     """records.csv: one row per (image, run) with every metric, the residual, and which runs the two
     best-of-runs selections chose (oracle by the first metric; residual)."""
-    columns = ["image_id", "name", "run", *metric_names, "residual", "failed_at_step", "best_residual",
+    columns = ["image_id", "name", "run", *metric_names, "residual", "residual_ratio", "failed_at_step",
+               "best_residual",
                *(f"best_oracle_{m}" for m in metric_names)]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for rec in sorted(records, key=lambda r: (r["image_id"], r["run"])):
         entry = summary["images"].get(str(rec["image_id"]), {})
-        row = {k: rec.get(k) for k in ("image_id", "name", "run", *metric_names, "residual", "failed_at_step")}
+        row = {k: rec.get(k) for k in ("image_id", "name", "run", *metric_names, "residual", "residual_ratio",
+                                       "failed_at_step")}
         row["name"] = entry.get("name", row["name"])
         row["best_residual"] = int(entry.get("residual", {}).get("best_run") == rec["run"])
         for m in metric_names:
@@ -94,6 +107,9 @@ def records_csv(records: list[dict[str, Any]], metric_names: Sequence[str], summ
             row[f"best_oracle_{m}"] = int(best is not None and rec.get(m) == best)
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
     return buffer.getvalue()
+
+
+_NONE = {"mean": None, "std": None}
 
 
 def _fmt(value: float | None) -> str:
@@ -105,9 +121,11 @@ def _spread(stats: dict[str, Any], spread: bool) -> str:
     return f"{_fmt(stats['mean'])} ± {_fmt(stats['std'])}" if spread else _fmt(stats["mean"])
 
 
-def markdown_table(summary: dict[str, Any], metric_names: Sequence[str]) -> str:
-    """eval.md: one row per image (mean ± std over runs, oracle and residual-selected best, residual), the
-    average, then the posterior uncertainty, set metrics (FID/KID) and what produced the numbers.
+def markdown_table(summary: dict[str, Any], metric_names: Sequence[str], max_images: int | None = None) -> str:
+    """eval.md: one row per image (mean ± std over runs, oracle and residual-selected best, residual and normalised
+    residual), the average, then the posterior uncertainty, set metrics (FID/KID) and what produced the numbers.
+    ``max_images`` (the terminal's copy: :data:`SCREENFUL`) lists only the first images, saying how many are left
+    out; the average is always over every image.
 
     Columns that would say nothing are left out: with one run per image a row shows each run's value (no
     ± std, no best-of-runs columns, which equal it); with one image the average has no ± std; a metric without
@@ -119,21 +137,24 @@ def markdown_table(summary: dict[str, Any], metric_names: Sequence[str]) -> str:
     head = ["image", "name"]
     for m in shown:
         head += [f"{m} mean ± std", f"{m} best (oracle)", f"{m} best (residual)"] if runs else [m]
-    head.append("residual mean ± std" if runs else "residual")
+    head += ["residual mean ± std", "residual/(σ√m) mean ± std"] if runs else ["residual", "residual/(σ√m)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for image_id, entry in images.items():
+    listed = list(images.items())[:max_images]
+    for image_id, entry in listed:
         cells = [str(image_id), str(entry["name"])]
         for m in shown:
             cells += ([_spread(entry[m], True), _fmt(entry[m]["best_oracle"]), _fmt(entry[m]["best_residual"])]
                       if runs else [_fmt(entry[m]["mean"])])
-        cells.append(_spread(entry["residual"], runs))
+        cells += [_spread(entry["residual"], runs), _spread(entry.get("residual_ratio") or _NONE, runs)]
         lines.append("| " + " | ".join(cells) + " |")
+    if len(listed) < len(images):
+        lines.append(f"| … {len(images) - len(listed)} more images (eval.md, records.csv) |" + " |" * (len(head) - 1))
     cells = ["**all**", ""]
     for m in shown:
         overall = summary["summary"][m]
         cells += ([_spread(overall, many), _fmt(overall["best_oracle_mean"]), _fmt(overall["best_residual_mean"])]
                   if runs else [_spread(overall, many)])
-    cells.append(_spread(summary["residual"], many))
+    cells += [_spread(summary["residual"], many), _spread(summary.get("residual_ratio") or _NONE, many)]
     lines.append("| " + " | ".join(cells) + " |")
     if not metric_names:
         legend = "residual: ‖A(x̂) − y‖ (no ground truth, so no image metrics)."
@@ -143,7 +164,7 @@ def markdown_table(summary: dict[str, Any], metric_names: Sequence[str]) -> str:
                   "truth. residual: ‖A(x̂) − y‖.")
     else:
         legend = "residual: ‖A(x̂) − y‖."
-    lines += ["", legend]
+    lines += ["", legend, f"residual/(σ√m): {RESIDUAL_RATIO_NOTE}; null without Gaussian noise."]
     lines += [f"{m}: {METRIC_DESCRIPTIONS[m]}." for m in shown if m in METRIC_DESCRIPTIONS]
     lines += [f"{m}: no value for any sample (null in metrics.json; for LPIPS: `bash download.sh lpips`)."
               for m in metric_names if m not in shown]
@@ -163,7 +184,9 @@ def _uncertainty_lines(u: dict[str, Any] | None) -> list[str]:
     psnr = u["psnr_of_mean"]
     lines = ["", f"## Posterior uncertainty ({u['images']} image(s), at least {u['runs']} runs each)", "",
              (f"Posterior mean PSNR: {_fmt(psnr['mean'])} ± {_fmt(psnr['std'])}. " if psnr["mean"] is not None else "")
-             + f"Std heat maps (grid, uncertainty/): black 0 → white {u['heat_map_max']:.4f} (RMS over channels)."]
+             + f"Std heat maps (grid, uncertainty/): black 0 → white {u['heat_map_max']:.4f} (RMS over channels); "
+             f"each rests on {u['runs']} runs, so its per-pixel values carry a relative sampling error of about "
+             f"1/√(2(n − 1)) = {uncertainty.std_relative_error(u['runs']):.2f}."]
     if u["coverage_1std"] is not None:
         lines += ["", "| pixels with abs(x − mean) within | observed | exact sampler, n runs | Gaussian |",
                   "|---|---|---|---|"]

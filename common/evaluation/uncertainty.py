@@ -51,6 +51,12 @@ def calibrated_coverage(runs: int, levels: Sequence[float] = LEVELS) -> list[flo
     return [float(2 * t.cdf(k / scale, df=runs - 1) - 1) for k in levels]
 
 
+def std_relative_error(runs: int) -> float:
+    """1/√(2(n − 1)): the relative standard error of a std estimated from n = ``runs`` Gaussian samples (the std map's
+    own sampling noise: 0.41 at n = 4, 0.18 at n = 16, 0.07 at n = 100)."""
+    return 1 / math.sqrt(2 * (runs - 1))
+
+
 def std_magnitude(std: torch.Tensor) -> torch.Tensor:
     """(C, H, W) per-channel std -> (H, W) root-mean-square over channels."""
     return std.double().pow(2).mean(0).sqrt()

@@ -72,20 +72,23 @@ def _now() -> str:
 class Invocation:
     """One invocation's entry in the run folder's ``provenance.json``::
 
-        {"invocations": [{"command": [...], "overrides": [...], "git_commit", "git_dirty", "started", "ended",
+        {"invocations": [{"command": [...], "overrides": [...], "choices": {group: config name}, "git_commit",
+                          "git_dirty", "started", "ended",
                           "wall_s", "exit_code", "model_calls_per_sample"}, ...],
          "checkpoints": {path: {"size", "mtime_ns", "sha256"}}}
 
     Entries accumulate: a resumed folder lists every invocation that wrote to it. Written under the run
     folder's lock (:meth:`RunDirectory.locked`). ``model_calls_per_sample`` (denoiser evaluations per
-    sample, as counted by the caller) is written by :meth:`end`; None when not counted."""
+    sample, as counted by the caller) is written by :meth:`end`; None when not counted. ``choices`` are the config
+    names chosen per group (``sampler: demo``), which the resolved config.yaml no longer holds."""
 
     def __init__(self, directory: RunDirectory, command: Sequence[str], overrides: Sequence[str],
-                 checkpoints: Mapping[str, Mapping[str, Any]]) -> None:
+                 checkpoints: Mapping[str, Mapping[str, Any]], choices: Mapping[str, str] | None = None) -> None:
         self.directory = directory
         self._start = time.monotonic()
         git = git_state()
         self.entry: dict[str, Any] = {"command": list(command), "overrides": list(overrides),
+                                      "choices": dict(choices or {}),
                                       "git_commit": git.commit, "git_dirty": git.dirty, "started": _now(),
                                       "ended": None, "wall_s": None, "exit_code": None,
                                       "model_calls_per_sample": None}
@@ -94,6 +97,11 @@ class Invocation:
         self._checkpoints = dict(checkpoints)
         self.model_calls_per_sample: float | None = None
         self._write()
+
+    def total_wall_s(self) -> float:
+        """Wall seconds of the folder's earlier invocations plus this one's so far."""
+        earlier = [i.get("wall_s") for i in self._invocations if i is not self.entry]
+        return sum(w for w in earlier if isinstance(w, (int, float))) + time.monotonic() - self._start
 
     def end(self, exit_code: int | None) -> None:
         """Record the end time, wall time, exit code (None: stopped by an exception) and the model calls per

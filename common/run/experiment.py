@@ -24,7 +24,7 @@ from common.data.operator_state import StatePlan, check_state, state_source
 from common.errors import InputError
 from common.evaluation.figures import trajectory_files
 from common.evaluation.finish import finish_run
-from common.evaluation.metrics import Metrics
+from common.evaluation.metrics import Metrics, residual_ratio
 from common.models.base import DiffusionModel
 from common.operators.base import Operator, stack_states
 from common.operators.measurement import draw_states, simulate
@@ -46,6 +46,7 @@ class Outputs:
     save_traj: bool = False
     save_traj_video: bool = False
     trajectory_points: int = 10
+    trajectory_images: int | None = 4  # progress strips only for the first this many images (None: every image)
     show_progress: bool = True
     progress_label: str = "sampling"  # the run's progress bar (torchrun: names the rank)
     on_step: Callable[[dict[str, float]], None] | None = None  # per-step scalars (residual, sigma), e.g. W&B
@@ -189,7 +190,9 @@ def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel
         y = torch.stack([cache[index].y for index, _ in batch])
         operator.set_state(stack_states([cache[index].state for index, _ in batch]))
         generators = [make_generator(seed, image_id, run, device=device) for image_id, (_, run) in zip(ids, batch)]
-        progress = Progress(len(batch), gt, record_frames=outputs.save_traj, points=outputs.trajectory_points,
+        strips = [outputs.save_traj and (outputs.trajectory_images is None or index < outputs.trajectory_images)
+                  for index, _ in batch]
+        progress = Progress(len(batch), gt, record_frames=any(strips), points=outputs.trajectory_points,
                             bar=bar, latent=model.latent, on_step=outputs.on_step)
         with count_calls(model) as calls:
             result = sampler.sample(model, operator, y, generators=generators, callback=progress)
@@ -197,19 +200,21 @@ def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel
         values = metrics(samples, gt) if gt is not None else {}
         with torch.no_grad():
             residual = operator.loss(torch.nan_to_num(samples), y).sqrt().cpu()
+        sigma = getattr(operator.noise, "sigma", None)  # Gaussian noise only
         finished: list[dict[str, Any]] = []
         for k, (image_id, (index, run)) in enumerate(zip(ids, batch)):
             record = {"name": names[index], "residual": float(residual[k]),
+                      "residual_ratio": residual_ratio(float(residual[k]), sigma, y[k].numel()),
                       "failed_at_step": failed_at[k], "model_calls": calls["nfe"] / len(batch),
                       "model_backward": calls["vjp"] / len(batch),
                       **{m: (None if v is None or not torch.isfinite(v[k]) else float(v[k]))
                          for m, v in values.items()}}
             if failed_at[k] is not None:
-                record["residual"] = None
+                record["residual"] = record["residual_ratio"] = None
                 log(f"image {image_id} run {run}: the sampler diverged (NaN/inf) at step {failed_at[k]}")
             trajectory = (trajectory_files(progress.frames[k], progress.frame_steps, progress.frame_times,
                                            progress.num_steps, video=outputs.save_traj_video)
-                          if outputs.save_traj else None)
+                          if strips[k] else None)
             if trajectory is not None:
                 run_dir.write_trajectory(image_id, run, *trajectory)
             run_dir.write_sample(image_id, run, samples[k], record, save_image=outputs.save_samples, raw=keep_raw)

@@ -24,8 +24,9 @@ from common.config.validate import validate
 from common.data.datasets import build_dataset
 from common.data.operator_state import split_operator_config
 from common.errors import ConfigError, InputError, SettingError
-from common.evaluation.finish import finish_run
+from common.evaluation.finish import finish_run, refresh_report
 from common.evaluation.metrics import Metrics
+from common.evaluation.summary import SCREENFUL, markdown_table
 from common.models import MODELS, build_model
 from common.models.acceleration import accelerate
 from common.models.checkpoints import CheckpointError
@@ -38,6 +39,9 @@ from common.run import distributed, sweep
 from common.run.experiment import OutOfMemory, Outputs, run_experiment
 from common.run.tracking import Tracker, run_tags
 from common.sampling import build_sampler, check_combination, check_settings
+
+#: the config groups whose chosen names are recorded in provenance.json (``sampler: demo`` for the page headings)
+CONFIG_GROUPS = ("data", "model", "task", "sampler")
 
 
 def select_device(gpu: int, ranks: distributed.Ranks) -> torch.device:
@@ -67,24 +71,28 @@ def run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks = distributed.R
         try:
             code = _run(cfg, run_dir, ranks, choices, held, invocation)
         except ConfigError:
-            if invocation:
-                invocation[0].end(2)
+            _close(invocation, 2)
             raise
         except OSError as err:
             if err.errno != errno.ENOSPC:
-                if invocation:
-                    invocation[0].end(None)
+                _close(invocation, None)
                 raise
             print(f"{rank_label(ranks)}error: the disk is full ({err.filename or run_dir}); finished batches are "
                   f"saved in {run_dir}; free space and run the same command again to resume", file=sys.stderr)
             code = 4
         except BaseException:
-            if invocation:
-                invocation[0].end(None)  # stopped by an exception (see run.log): no exit code of its own
+            _close(invocation, None)  # stopped by an exception (see run.log): no exit code of its own
             raise
-        if invocation:
-            invocation[0].end(code)
+        _close(invocation, code)
         return code
+
+
+def _close(invocation: list[Invocation], code: int | None) -> None:
+    """Record the invocation's end in provenance.json (main rank: ``invocation`` holds it), then rewrite the run's
+    report.html so that it shows this final status."""
+    if invocation:
+        invocation[0].end(code)
+        refresh_report(invocation[0].directory)
 
 
 def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapping[str, str] | None,
@@ -145,7 +153,8 @@ def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapp
         for note in notes:
             print(note)
         directory.write_text("config.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        invocation.append(Invocation(directory, sys.argv, overrides, checkpoints))
+        invocation.append(Invocation(directory, sys.argv, overrides, checkpoints,
+                                     {g: str(c) for g, c in (choices or {}).items() if g in CONFIG_GROUPS}))
     distributed.barrier(ranks)  # the folder is prepared before any rank reads it
     in_sweep = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
     tracker = Tracker.start(resolved, run_dir, enabled=resolved["wandb"] and ranks.is_main,
@@ -156,6 +165,7 @@ def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapp
                             group=run_dir.parent.name if in_sweep else None)
     outputs = Outputs(save_samples=resolved["save_samples"], save_traj=resolved["save_traj"],
                       save_traj_video=resolved["save_traj_video"], trajectory_points=resolved["trajectory_points"],
+                      trajectory_images=resolved["trajectory_images"],
                       show_progress=resolved["show_progress"], on_step=tracker.on_step if tracker.active else None,
                       progress_label=f"rank {ranks.rank}/{ranks.world_size}" if ranks.world_size > 1 else "sampling",
                       on_batch=tracker.log_records if tracker.active else None)
@@ -184,7 +194,7 @@ def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapp
     calls = [r["model_calls"] for r in directory.records() if r.get("model_calls") is not None]
     if invocation and calls:
         invocation[0].model_calls_per_sample = sum(calls) / len(calls)
-    tracker.finish(summary, run_dir)
-    print((run_dir / "eval.md").read_text())
+    tracker.finish(summary, run_dir, invocation[0].total_wall_s() if invocation else None)
+    print(markdown_table(summary, list(summary["summary"]), max_images=SCREENFUL))
     print(f"results in {run_dir}")
     return 1 if summary["failed"] else 0

@@ -9,8 +9,11 @@ What a tracked run holds:
 - per finished sample (x-axis ``sample/index``): its metrics; at the end a ``samples`` table of every
   (image, run) of the run directory (from ``metrics.json``, so resumed and multi-process runs are complete);
 - summary: for each metric m, ``m_mean`` / ``m_std`` (over images of each image's run-mean) and
-  ``m_best_oracle_mean`` / ``m_best_residual_mean`` (see :func:`common.evaluation.summary.summarize`), the counts,
-  ``run_dir``; the result grid (``grid_results``) and the progress strips (``trajectory``) as images;
+  ``m_best_oracle_mean`` / ``m_best_residual_mean`` (see :func:`common.evaluation.summary.summarize`), the columns of
+  the cross-run comparison (:func:`common.evaluation.comparison.comparison_values`: posterior-mean PSNR/SSIM, 1σ
+  coverage and its exact-sampler value, ``residual_ratio`` (expected ≈ 1), model calls and wall time per sample,
+  diverged samples), the counts, ``run_dir``; the result grid (``grid_results``) and the progress strips
+  (``trajectory``) as images;
 - files: the terminal log ``run.log`` of the run folder (as far as it got when the run finished);
 - per-sample metrics are logged as each batch finishes; a sweep's jobs share a W&B group (the sweep's name)
   and are named by their swept values (``task=inpainting,seed=2``).
@@ -32,6 +35,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from common.evaluation.comparison import comparison_values
 from common.results.provenance import LOG_FILE
 
 #: progress strips uploaded at the end (the first ones by name); the rest stay in the run directory
@@ -148,12 +152,26 @@ class Tracker:
             self._samples += 1
 
     # ------------------------------------------------------------------ end
-    def finish(self, summary: Mapping[str, Any], run_dir: str | Path) -> None:
-        """Aggregate metrics, the per-sample table, the grid and progress strips as images; closes the run."""
-        self._call(self._finish, summary, Path(run_dir))
+    def finish(self, summary: Mapping[str, Any], run_dir: str | Path, wall_s: float | None = None) -> None:
+        """Aggregate metrics and the comparison columns (``wall_s``: the folder's wall time so far), the per-sample
+        table, the grid and progress strips as images; closes the run."""
+        self._call(self._finish, summary, Path(run_dir), wall_s)
         self._run = None
 
-    def _finish(self, summary: Mapping[str, Any], run_dir: Path) -> None:
+    def log_image(self, key: str, path: str | Path, caption: str = "") -> None:
+        """One picture (e.g. the cross-run comparison PNG) under ``key``."""
+        if self._run is not None:
+            import wandb
+
+            self._call(self._run.log, {key: wandb.Image(str(path), caption=caption)})
+
+    def close(self) -> None:
+        """Finish the W&B run (what :meth:`finish` does last, for a run that logs no experiment)."""
+        if self._run is not None:
+            self._call(self._run.finish)
+        self._run = None
+
+    def _finish(self, summary: Mapping[str, Any], run_dir: Path, wall_s: float | None) -> None:
         import wandb
 
         values: dict[str, Any] = {"run_dir": str(run_dir.resolve()), "num_images": summary.get("num_images"),
@@ -161,6 +179,7 @@ class Tracker:
                                   "num_failed": len(summary.get("failed", []))}
         for metric, stats in summary.get("summary", {}).items():
             values.update({f"{metric}_{key}": value for key, value in stats.items()})
+        values.update(comparison_values(summary, wall_s))
         payload: dict[str, Any] = {}
         rows = [{"image_id": int(image_id), "name": entry.get("name"), **run}
                 for image_id, entry in summary.get("images", {}).items() for run in entry.get("runs", [])]

@@ -10,11 +10,17 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from PIL import Image
 
 from commands.report import PAPER_NUMBERS, collect, main, paper_mismatch, run_row, varying
+from common.evaluation.finish import finish_run
 from common.evaluation.report_page import describe, task_label
 from common.evaluation.summary import summarize
+from common.results.run_dir import RunDirectory
+from tests.helpers.browser import needs_chromium, render
+from tests.helpers.wandb_log import decode
 
 METRICS = ["psnr", "ssim", "lpips"]
 REPO = Path(__file__).resolve().parents[2]
@@ -116,7 +122,7 @@ def test_rows_per_run_with_oracle_mean_and_runs_mean(results):
 
 
 def test_collect_finds_runs_sorts_them_and_skips_hidden_folders(results):
-    rows, metrics = collect([results])
+    rows, metrics, skipped = collect([results])
     assert metrics == ["psnr", "ssim", "lpips"]
     assert [(r["dataset"], r["task"], r["sampler"]) for r in rows] == [
         ("test-ffhq", "inpainting_rand", "edm_daps"), ("test-ffhq", "phase_retrieval", "edm_daps"),
@@ -124,7 +130,7 @@ def test_collect_finds_runs_sorts_them_and_skips_hidden_folders(results):
 
 
 def test_papers_are_put_beside_rows_whose_protocol_matches(paper_protocol_runs):
-    rows, _ = collect([paper_protocol_runs], papers=PAPER_NUMBERS)
+    rows, _, _ = collect([paper_protocol_runs], papers=PAPER_NUMBERS)
     sources = [r["source"] for r in rows]
     assert len(rows) == 4  # 2 runs + the DAPS Table 1 row of each task
     pr = rows[sources.index(str(paper_protocol_runs / "a")) + 1]
@@ -136,7 +142,7 @@ def test_papers_are_put_beside_rows_whose_protocol_matches(paper_protocol_runs):
 
 def test_a_folder_named_ffhq_is_not_the_papers_protocol(results):
     """The fixture's runs sit under pixel/ffhq/ on dataset/test-ffhq but record no verified list: no paper row."""
-    rows, _ = collect([results], papers=PAPER_NUMBERS)
+    rows, _, _ = collect([results], papers=PAPER_NUMBERS)
     assert len(rows) == 3 and not any(r.get("paper") for r in rows)
     notes = [r.get("paper_note") or "" for r in rows]
     assert sum("test list verified by checksum" in n for n in notes) == 2
@@ -155,7 +161,7 @@ def test_each_protocol_difference_keeps_the_paper_row_away(tmp_path, change, rea
     settings = {"task": PHASE_RETRIEVAL, "dataset_root": "dataset/test-ffhq", "model": DDPM, "sampler": "edm_daps",
                 "task_group": "pixel", "values": hundred(30.0), "protocol": paper_protocol(), **change}
     run = make_run(tmp_path / "ffhq" / "run", **settings)
-    rows, _ = collect([run], papers=PAPER_NUMBERS)
+    rows, _, _ = collect([run], papers=PAPER_NUMBERS)
     assert len(rows) == 1 and reason in rows[0]["paper_note"]
     paper = {"method": "DAPS", "task": "phase_retrieval", "dataset": "ffhq", "space": "pixel", "images": "100",
              "sigma_y": "0.05"}
@@ -167,7 +173,7 @@ def test_toy_priors_never_stand_beside_a_paper_row(tmp_path):
                    model={"name": "gaussian_demo"}, sampler="edm_daps", task_group="pixel", values=hundred(30.0),
                    protocol=paper_protocol())
     out = io.StringIO()
-    rows, _ = collect([run], papers=PAPER_NUMBERS)
+    rows, _, _ = collect([run], papers=PAPER_NUMBERS)
     assert [r["source"] for r in rows] == [str(run)]
     assert main([str(run), "--papers", "--md", str(tmp_path / "t.md")]) == 0
     out.write((tmp_path / "t.md").read_text())
@@ -181,13 +187,15 @@ def test_columns_for_settings_that_differ_between_runs(tmp_path):
     b = make_run(tmp_path / "b", protocol=paper_protocol(seed=2), sampler_settings={"num_steps": 200}, **common)
     (b / "provenance.json").write_text(json.dumps({"invocations": [
         {"wall_s": 12.5, "model_calls_per_sample": 400}, {"wall_s": 2.5, "model_calls_per_sample": 400}]}))
-    rows, _ = collect([tmp_path])
-    assert varying(rows) == ["steps", "seed", "model_calls", "wall_s"]  # runs per image is the same
-    assert (rows[1]["steps"], rows[1]["wall_s"], rows[1]["model_calls"]) == ("num_steps=200", 15.0, 400)
+    rows, _, _ = collect([tmp_path])
+    assert varying(rows) == ["steps", "seed"]  # runs per image is the same
+    assert (rows[1]["steps"], rows[1]["wall_s_per_sample"]) == ("num_steps=200", 15.0)
     assert main([str(tmp_path), "--md", str(tmp_path / "t.md")]) == 0
     table = (tmp_path / "t.md").read_text()
-    assert "| sampler steps | seed | model calls / sample | wall time (s) |" in table
-    assert "| num_steps=200 | 2 | 400 | 15.0 |" in table and str(a) in table
+    assert "| sampler | sampler steps | seed | PSNR |" in table and "| wall s / sample |" in table
+    assert "| edm_daps (DAPS) | num_steps=200 | 2 | 30.00 |" in table and "| **15.00** |" not in table
+    assert "All rows: dataset test-ffhq; task phase_retrieval; model ffhq256; images 1; runs 1." in table
+    assert str(a) in table
 
 
 def test_html_page_links_every_run_relatively(results, tmp_path):
@@ -197,15 +205,16 @@ def test_html_page_links_every_run_relatively(results, tmp_path):
     (run / "grid_results.png").write_bytes(b"png")
     assert main([str(results), "--html", str(page)]) == 0
     text = page.read_text()
-    assert '<img src="../results/pixel/ffhq/task=phase_retrieval/grid_results.png"' in text
     assert 'href="../results/pixel/ffhq/task=phase_retrieval/report.html"' in text
+    assert "inside .submitit, a hidden folder" in text  # what was skipped, and why
     assert "http" not in text.replace("http-equiv", "")
 
 
 def test_module_runs_from_the_command_line(results):
     done = subprocess.run([sys.executable, "-m", "commands.report", str(results)], cwd=REPO, capture_output=True,
                           text=True, timeout=60)
-    assert done.returncode == 0 and "| test-ffhq | phase_retrieval | edm_daps |" in done.stdout
+    assert done.returncode == 0 and "| edm_daps (DAPS) | test-ffhq | phase_retrieval |" in done.stdout
+    assert "found 3 run folder(s), skipped 1" in done.stderr
 
 
 def test_cli_writes_markdown_and_csv(paper_protocol_runs, tmp_path, capsys):
@@ -213,12 +222,16 @@ def test_cli_writes_markdown_and_csv(paper_protocol_runs, tmp_path, capsys):
     assert main([str(paper_protocol_runs), "--papers", "--csv", str(out_csv), "--md", str(out_md)]) == 0
     printed = capsys.readouterr().out
     assert printed == out_md.read_text()
-    ours = "| test-ffhq | phase_retrieval | edm_daps | ffhq256 | 100 | 30.50 ± 0.50 | 0.800 ± 0.000 | 0.100 ± 0.000 |"
+    ours = "| edm_daps (DAPS) | phase_retrieval | 30.50 ± 0.50 | 0.800 ± 0.000 | 0.100 ± 0.000 | 0 / 100 |"
     assert f"{ours} {paper_protocol_runs / 'a'} |" in printed
-    assert "| ffhq | inpainting_rand | DAPS | pixel | 100 | 31.12 | 0.844 | 0.098 | DAPS CVPR 2025 Table 1 |" in printed
+    # the papers' rows keep their statistic and say which
+    assert ("| DAPS, published (one sample per image) | inpainting_rand | 31.12 | 0.844 | 0.098 |  | "
+            "DAPS CVPR 2025 Table 1 |") in printed
+    assert "| DAPS, published (oracle best of 4 runs) | phase_retrieval | 30.63 ± 3.13 |" in printed
     table = list(csv.DictReader(io.StringIO(out_csv.read_text())))
     assert len(table) == 4 and set(table[0]) >= {"dataset", "task", "sampler", "model", "psnr_mean", "lpips_std",
-                                                  "seed", "runs", "steps", "model_calls", "wall_s"}
+                                                  "seed", "runs", "steps", "model_calls", "wall_s_per_sample",
+                                                  "residual_ratio", "coverage_1std", "label"}
     assert [row["source"] for row in table][1::2] == ["DAPS CVPR 2025 Table 1"] * 2
     assert math.isclose(float(table[0]["psnr_mean"]), 31.5)
 
@@ -229,7 +242,7 @@ def test_set_metrics_get_a_column_beside_the_papers_fid(paper_protocol_runs):
     metrics["set_metrics"] = {"num_samples": 100, "num_references": 100, "biased_small_set": True, "fid": 61.5,
                               "kid": None}
     (run / "metrics.json").write_text(json.dumps(metrics))
-    rows, names = collect([paper_protocol_runs], papers=PAPER_NUMBERS)
+    rows, names, _ = collect([paper_protocol_runs], papers=PAPER_NUMBERS)
     assert names == ["psnr", "ssim", "lpips", "fid"]  # kid is null: no column
     ours = next(r for r in rows if r["source"] == str(run))
     paper = rows[rows.index(ours) + 1]
@@ -241,7 +254,7 @@ def test_cli_reports_bad_input(tmp_path, capsys):
     assert main([str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main([str(tmp_path)]) == 2
-    assert "no metrics.json" in capsys.readouterr().err
+    assert "no run folder" in capsys.readouterr().err
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text(json.dumps({"summary": {}, "images": {}}))
     assert main([str(tmp_path)]) == 2
@@ -268,8 +281,111 @@ def test_baselines_are_put_beside_their_paper_rows(tmp_path, sampler, method, ps
             "shared_state": False}
     run = make_run(tmp_path / sampler, task=down, dataset_root="dataset/test-ffhq", model=DDPM, sampler=sampler,
                    task_group="pixel", values=hundred(27.0), protocol=paper_protocol())
-    rows, _ = collect([run], papers=PAPER_NUMBERS)
+    rows, _, _ = collect([run], papers=PAPER_NUMBERS)
     assert len(rows) == 2, rows
     paper = rows[1]
     assert (paper["source"], paper["sampler"], paper["task"]) == ("DAPS CVPR 2025 Table 1", method, "down_sampling")
     assert paper["psnr_mean"] == psnr
+
+
+# ------------------------------------------------------------------ the comparison page of a sampler sweep
+SWEEP = ("edm_daps", "dps", "ddrm", "ddnm", "pigdm", "mmps", "diffpir", "reddiff")
+PIXELS = 32
+
+
+def picture(seed: int) -> torch.Tensor:
+    return torch.rand(3, PIXELS, PIXELS, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def sampled_run(path: Path, sampler: str, spread: float, images: int = 2, runs: int = 2) -> Path:
+    """A finished run folder as a real sweep job leaves it (samples, raw floats, posterior maps, pages, provenance
+    with the sampler's config name), its samples scattered around the truth by ``spread``; no sampling."""
+    directory = RunDirectory(path)
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump({
+        "data": {"name": "demo", "resolution": PIXELS}, "model": {"name": "gaussian_demo"}, "task_group": "gaussian",
+        "task": {"gaussian": {"operator": {"name": "down_sampling", "sigma": 0.05}}}, "sampler": {"name": sampler},
+        "num_runs": runs, "seed": 42}))
+    for i in range(images):
+        truth = picture(i)
+        directory.write_inputs(i, truth, truth[:, ::4, ::4], {}, (PIXELS, PIXELS), raw=True)
+        for r in range(runs):
+            sample = (truth + spread * picture(100 * i + r + 7)).clamp(-1, 1)
+            directory.write_sample(i, r, sample, {"name": f"im{i}.png", "psnr": 30 - 20 * spread + r, "ssim": 0.8,
+                                                   "residual": spread, "residual_ratio": 10 * spread,
+                                                   "model_calls": 100, "model_backward": 100, "failed_at_step": None},
+                                   raw=True)
+    finish_run(directory, ["psnr", "ssim"], {i: f"im{i}.png" for i in range(images)})
+    (path / "provenance.json").write_text(json.dumps({"invocations": [
+        {"choices": {"sampler": "demo" if sampler == "edm_daps" else sampler}, "wall_s": 4.0, "ended": "now",
+         "exit_code": 0}]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """results/cmp: the 8 samplers of the README's comparison line, each in its job folder, nested one level."""
+    root = tmp_path_factory.mktemp("cmp")
+    for k, sampler in enumerate(SWEEP):
+        sampled_run(root / "sweep" / f"sampler={sampler}", sampler, spread=0.05 + 0.05 * k)
+    (root / "sweep" / "unfinished").mkdir()
+    (root / "sweep" / "unfinished" / "config.yaml").write_text("{}")
+    return root
+
+
+def test_sweep_rows_are_labelled_by_config_and_method_with_the_best_marked(sweep, tmp_path, capsys):
+    assert main([str(sweep), "--md", str(tmp_path / "t.md"), "--csv", str(tmp_path / "t.csv")]) == 0
+    printed = capsys.readouterr()
+    assert "skipped" in printed.err and "unfinished: config.yaml but no metrics.json" in printed.err
+    table = (tmp_path / "t.md").read_text()
+    assert table.startswith("Metric columns: the mean over each image's runs")
+    for label in ("demo (DAPS)", "dps (DPS)", "pigdm (ΠGDM)", "mmps (MMPS)", "reddiff (RED-diff)"):
+        assert f"| {label} |" in table
+    head = next(line for line in table.splitlines() if line.startswith("| sampler"))
+    assert "PSNR of mean" in head and "1σ coverage (exact sampler 0.436)" in head and "residual / σ√m" in head
+    demo = next(line for line in table.splitlines() if line.startswith("| demo (DAPS)"))
+    assert "**29.50 ± 0.00**" in demo  # the smallest spread: best PSNR (two images, the same values)
+    dps = next(line for line in table.splitlines() if line.startswith("| dps (DPS)"))
+    assert "| **1.00** |" in dps and "| 0.50 |" in demo  # residual ratio 10 × spread: 1 is the best
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "t.csv").read_text())))
+    assert len(rows) == 8 and float(rows[0]["wall_s_per_sample"]) == pytest.approx(1.0)
+    assert {"psnr_of_mean", "coverage_1std", "coverage_1std_expected", "residual_ratio", "diverged"} <= set(rows[0])
+
+
+def test_one_image_and_one_run_show_no_spread(tmp_path, capsys):
+    sampled_run(tmp_path / "a", "dps", 0.1, images=1, runs=1)
+    assert main([str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert "±" not in out.split("\n\n", 2)[2] and "one image: no spread shown" in out
+
+
+def test_comparison_png_has_a_table_and_one_row_of_every_sampler(sweep, tmp_path):
+    png = tmp_path / "cmp.png"
+    assert main([str(sweep), "--png", str(png), "--crop", "4,4,8"]) == 0
+    with Image.open(png) as image:
+        width, height = image.size
+    # 2 context columns + 8 samplers of 128-px tiles, 2 images x (sample, mean, std, crop) rows under the table
+    assert width >= 10 * 128 and height >= 8 * 128
+
+
+def test_wandb_offline_logs_the_comparison_png(sweep, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    assert main([str(sweep), "--png", str(tmp_path / "c.png"), "--wandb", "--wandb-mode", "offline"]) == 0
+    (folder,) = (tmp_path / "wandb").glob("offline-run-*")
+    assert decode(folder)["summary"]["comparison/_type"] == "image-file"
+    assert len(list((folder / "files" / "media" / "images").glob("comparison_*.png"))) == 1
+
+
+@pytest.mark.browser
+@needs_chromium
+def test_comparison_page_fits_1400_px_with_every_sampler_in_one_row(sweep, tmp_path):
+    page = tmp_path / "page.html"
+    assert main([str(sweep), "--html", str(page)]) == 0
+    text = page.read_text()
+    assert "Metric columns: the mean over each image" in text and "1 skipped" in text
+    assert "demo (DAPS)" in text and text.count("colour_bar.png") == 1  # one std scale for all samplers
+    found = render(page, tmp_path / "page.png", height=1600)
+    assert found["broken"] == [] and found["images"] == 1 + 2 * (2 + 3 * 8 + 1 + 8)
+    assert found["scroll_width"] <= 1400  # no horizontal scroll
+    assert found["sample_rows"] == [[10, 1], [10, 1]]  # ground truth, y and the 8 samples at one height

@@ -25,6 +25,7 @@ OPERATOR = f"task.{GROUP}.operator"
     (["save_dir="], r"save_dir='' is not valid: need the path of a folder"),
     (["trajectory_points=abc"], r"trajectory_points='abc' is not valid: need a positive integer"),
     (["trajectory_points=0"], r"trajectory_points=0 is not valid"),
+    (["trajectory_images=-1"], r"trajectory_images=-1 is not valid: need an integer ≥ 0 .* or null"),
     (["data.end_id=1.5"], r"data.end_id=1.5 is not valid: need an integer > data.start_id"),
     (["data.end_id=abc"], r"data.end_id='abc' is not valid"),
     (["data.start_id=-1"], r"data.start_id=-1 is not valid: need an integer >= 0"),

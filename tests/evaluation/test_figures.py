@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ from common.evaluation import figures
 from common.evaluation.finish import finish_run
 from common.results.run_dir import RunDirectory
 from common.run.progress import Progress
+from tests.helpers.browser import needs_chromium, render
 
 SIZE, IDS, RUNS = 16, (3, 7), 2
 METRICS = ["psnr", "ssim", "lpips"]
@@ -176,55 +175,29 @@ def test_labelled_grid_needs_a_picture():
     assert buffer.tell() > 0
 
 
-CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
-#: appended to a copy of the page beside it: after loading, the body says how many images there are and which broke
-IMAGE_PROBE = """<script>window.addEventListener('load', function () {
-  var images = Array.from(document.images);
-  var broken = images.filter(function (i) { return !i.complete || i.naturalWidth === 0; });
-  document.body.setAttribute('data-images', images.length);
-  document.body.setAttribute('data-broken', broken.map(function (i) { return i.getAttribute('src'); }).join('|'));
-});</script>"""
-
-
-def render(page: Path, screenshot: Path) -> tuple[int, list[str]]:
-    """(number of <img>, the sources that did not load) of ``page`` in headless Chromium; saves a screenshot."""
-    probe = page.with_name(page.stem + ".probe.html")
-    probe.write_text(page.read_text().replace("</body>", IMAGE_PROBE + "</body>"))
-    flags = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
-             "--window-size=1400,2400"]
-    try:
-        dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120,
-                             check=True).stdout
-        subprocess.run([*flags, f"--screenshot={screenshot}", page.as_uri()], capture_output=True, timeout=120,
-                       check=True)
-    finally:
-        probe.unlink()
-    body = re.search(r'<body[^>]*data-images="(\d+)"[^>]*data-broken="([^"]*)"', dom)
-    assert body, f"the probe did not run: {dom[:300]}"
-    return int(body.group(1)), [s for s in body.group(2).split("|") if s]
-
-
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium; .ci/run does)")
+@needs_chromium
 def test_report_page_loads_every_image_in_a_browser(run, tmp_path):
-    count, broken = render(run / "report.html", tmp_path / "report.png")
-    assert count >= 1 + 2 * (2 + RUNS + 2 + 1) and broken == []
+    found = render(run / "report.html", tmp_path / "report.png")
+    assert found["images"] >= 1 + 2 * (2 + RUNS + 2 + 1) and found["broken"] == []
+    assert found["scroll_width"] <= 1400
     with Image.open(tmp_path / "report.png") as shot:
         assert shot.size == (1400, 2400) and len(set(shot.convert("L").getdata())) > 20  # not a blank page
     # the probe can fail: a page with a missing picture reports it
     missing = run / "missing.html"
     missing.write_text('<!DOCTYPE html><html><body><img src="grid_results.png"><img src="nowhere.png"></body></html>')
-    assert render(missing, tmp_path / "missing.png") == (2, ["nowhere.png"])
+    found = render(missing, tmp_path / "missing.png")
+    assert (found["images"], found["broken"]) == (2, ["nowhere.png"])
     missing.unlink()
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium; .ci/run does)")
-def test_cross_run_page_loads_every_grid_in_a_browser(run, tmp_path):
+@needs_chromium
+def test_cross_run_page_loads_every_picture_in_a_browser(run, tmp_path):
     from commands.report import main
 
     page = tmp_path / "pages" / "comparison.html"
     page.parent.mkdir()
     assert main([str(run), "--html", str(page)]) == 0
-    count, broken = render(page, tmp_path / "comparison.png")
-    assert count == 1 and broken == []
+    found = render(page, tmp_path / "comparison.png")
+    assert found["images"] >= 2 + 3 * RUNS and found["broken"] == [] and found["scroll_width"] <= 1400

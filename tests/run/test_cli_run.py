@@ -48,6 +48,17 @@ def test_run_directory_layout_and_metrics(tmp_path):
     assert "| **all** |" in (run_dir / "eval.md").read_text()
     saved = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert saved["data"]["resolution"] == 16 and saved["task"]["gaussian"]["operator"]["resolution"] == 16
+    # the normalised residual ‖A(x̂) − y‖ / (σ√m), and the page written after the invocation closed
+    assert 0 < metrics["residual_ratio"]["mean"] < 10 and "residual_ratio" in metrics["images"]["0"]
+    page = (run_dir / "report.html").read_text()
+    assert "Status: <b>finished, exit code 0</b>" in page and "still running" not in page
+    assert "residual / (σ√m), expected ≈ 1" in page and "relative sampling error" in page
+
+
+def test_trajectories_only_for_the_first_images(tmp_path):
+    code, run_dir = run_cli(tmp_path, ["trajectory_images=1", "data.end_id=3", "num_runs=1"])
+    assert code == 0
+    assert sorted(p.name for p in (run_dir / "trajectory").glob("*.png")) == ["00000_run0000.png"]
 
 
 def test_same_seed_same_bytes_and_other_seed_differs(tmp_path):

@@ -24,7 +24,8 @@ def _fake_run_dir(root: Path) -> tuple[Path, dict]:
     directory = RunDirectory(root / "run")
     image = torch.linspace(-1, 1, 3 * 8 * 8).reshape(3, 8, 8)
     directory.write_inputs(0, image, image, {}, (8, 8))
-    directory.write_sample(0, 0, image.flip(-1), {"name": "a", "psnr": 20.0, "residual": 0.5, "failed_at_step": None})
+    directory.write_sample(0, 0, image.flip(-1), {"name": "a", "psnr": 20.0, "residual": 0.5, "residual_ratio": 0.9,
+                                                  "model_calls": 100, "model_backward": 300, "failed_at_step": None})
     directory.write_trajectory(0, 0, *trajectory_files({"x0hat": [image, image], "x_t": [image, image]}, [0, 1],
                                                         [("sigma", 1.0), ("sigma", 0.5)], 2, video=False))
     summary = finish_run(directory, ["psnr"], {0: "a"})
@@ -56,7 +57,7 @@ def offline_run(tmp_path_factory):
                           "finite": torch.tensor([True, False, True]), "decode": lambda x: x})
         tracker.log_records([{"image_id": 0, "run": 0, "name": "a", "psnr": 20.0, "residual": 0.5,
                               "failed_at_step": None}])
-        tracker.finish(summary, run_dir)
+        tracker.finish(summary, run_dir, wall_s=12.0)
         assert not tracker.active
     finally:
         mp.undo()
@@ -87,9 +88,14 @@ def test_per_sample_and_aggregate_metrics(offline_run):
     (sample,) = [h for h in logged["history"] if "sample/index" in h]
     assert sample["sample/psnr"] == 20.0 and sample["sample/image_id"] == 0 and "sample/failed_at_step" not in sample
     final = logged["summary"]
-    for key in ("mean", "std", "best_oracle_mean", "best_residual_mean"):
+    for key in ("mean", "best_oracle_mean", "best_residual_mean"):
         assert final[f"psnr_{key}"] == pytest.approx(summary["summary"]["psnr"][key])
+    assert final["psnr_std"] is None  # one image: no spread over images (as the comparison table)
     assert final["num_images"] == 1 and final["num_failed"] == 0
+    # the comparison table's columns, so W&B's runs table compares samplers
+    assert (final["residual_ratio"], final["model_calls"], final["model_backward"]) == (0.9, 100, 300)
+    assert (final["wall_s_per_sample"], final["diverged"], final["samples"]) == (12.0, 0, 1)
+    assert {"psnr_of_mean", "ssim_of_mean", "coverage_1std", "coverage_1std_expected"} <= set(final)
     assert final["run_dir"] == str(run_dir.resolve())
 
 
