@@ -44,7 +44,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -255,7 +255,7 @@ class RunDirectory:
         atomic_write_bytes(self.record_path(image_id, run), json_text(payload).encode())
 
     def write_trajectory(self, image_id: int, run: int, strip: bytes, video: bytes | None = None) -> None:
-        """A sample's progress strip (PNG) and, when given, its animation (GIF): drawn by :mod:`common.evaluation.figures`."""
+        """A sample's progress strip (PNG) and, when given, its animation (GIF), drawn by the evaluation figures."""
         atomic_write_bytes(self.root / "trajectory" / f"{image_id:05d}_run{run:04d}.png", strip)
         if video is not None:
             atomic_write_bytes(self.root / "trajectory" / f"{image_id:05d}_run{run:04d}.gif", video)

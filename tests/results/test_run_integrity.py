@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from tests.helpers.fixtures import REPO
 from PIL import Image
 
 from common.errors import ConfigError
@@ -23,7 +22,6 @@ from common.evaluation.finish import finish_run
 from common.results import provenance, reuse
 from common.results.fingerprint import DRAWN, SampleKeys, config_parts, differences, file_digests
 from common.results.run_dir import RunDirectory, RunDirectoryError
-
 from tests.helpers.cli import TINY, compose_config, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -218,8 +216,9 @@ def test_provenance_and_terminal_log(tmp_path):
     run_cli(tmp_path, [*QUICK, "num_runs=1"])
     saved = strict_json(run_dir / "provenance.json")
     first, second = saved["invocations"]
-    assert set(first) == {"command", "overrides", "git_commit", "git_dirty", "started", "ended", "wall_s",
+    assert set(first) == {"command", "overrides", "choices", "git_commit", "git_dirty", "started", "ended", "wall_s",
                           "exit_code", "model_calls_per_sample"}
+    assert first["choices"]["sampler"] == "demo"  # the config names the comparison page heads its rows with
     assert first["exit_code"] == 0 and first["wall_s"] > 0 and first["command"] == sys.argv
     git = provenance.git_state()
     assert first["git_commit"] == git.commit and first["git_dirty"] == git.dirty and len(git.commit) == 40
