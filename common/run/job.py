@@ -35,7 +35,7 @@ from common.results.provenance import LOG_FILE, Invocation, known, terminal_log
 from common.results.reuse import check_run_directory
 from common.results.run_dir import RunDirectory, RunDirectoryError
 from common.run import distributed, sweep
-from common.run.experiment import OutOfMemory, Outputs, run_experiment
+from common.run.experiment import OutOfMemory, Outputs, prepare_inputs, run_experiment
 from common.run.tracking import Tracker, run_tags
 from common.sampling import build_sampler, check_combination, check_settings
 
@@ -133,6 +133,12 @@ def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapp
             raise ConfigError(str(err)) from err
     notes = [] if resolved["overwrite"] else check_run_directory(run_dir, resolved)
     checkpoints = file_digests(resolved["model"], known(directory).get("checkpoints", {}))
+    try:  # every input is checked before overwrite=true moves anything
+        inputs = prepare_inputs(dataset, operator, seed=resolved["seed"], num_runs=resolved["num_runs"],
+                                device=device, state_plan=state_plan, fingerprint=config_parts(resolved, checkpoints),
+                                log=print if ranks.is_main else lambda message: None)
+    except SettingError as err:
+        raise err.at(f"task.{task_group}") from None
     if ranks.is_main:
         try:
             moved = directory.start_over() if resolved["overwrite"] else None
@@ -163,8 +169,7 @@ def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapp
         summary = run_experiment(dataset, operator, model, sampler, directory, metrics, seed=resolved["seed"],
                                  num_runs=resolved["num_runs"], batch_size=resolved["batch_size"], device=device,
                                  outputs=outputs, auto_batch=resolved["auto_batch"], ranks=ranks,
-                                 log=print if ranks.is_main else lambda message: None, state_plan=state_plan,
-                                 fingerprint=config_parts(resolved, checkpoints))
+                                 log=print if ranks.is_main else lambda message: None, inputs=inputs)
     except (InputError, RunDirectoryError) as err:  # inputs that do not fit, or samples made differently:
         # found before sampling
         raise ConfigError(str(err)) from err
