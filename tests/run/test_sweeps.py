@@ -174,3 +174,25 @@ def test_jobs_are_named_by_their_swept_values(tmp_path):
     job = ["task=down_sampling", "seed=2", "data.end_id=1", "+foo=b"]
     assert brief_name(job, swept_keys(tmp_path)) == "task=down_sampling,seed=2,+foo=b"
     assert swept_keys(tmp_path / "missing") == set() and brief_name(job, set()) == ",".join(job)
+
+
+#: posterior_sample.py run as the command line does, with SIGTERM sent to itself while job #0 resolves its config
+SIGNAL_DURING_SETUP = """
+import os, runpy, signal, sys
+import common.run.job as job
+resolve = job.resolve_config
+def resolve_after_a_signal(cfg):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return resolve(cfg)
+job.resolve_config = resolve_after_a_signal
+sys.argv = ["posterior_sample.py", *sys.argv[1:]]
+runpy.run_path("posterior_sample.py", run_name="__main__")
+"""
+
+
+def test_a_signal_while_a_job_resolves_its_config_stops_the_sweep_cleanly(tmp_path):
+    result = hydra_run("-c", SIGNAL_DURING_SETUP, "-m", *TINY, f"save_dir={tmp_path}", "seed=1,2")
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "sweep summary: 0 of 1 job(s) ok, 1 failed" in result.stderr
+    assert "#0 failed (exit 130)" in result.stderr and "interrupted: the sweep stopped in job #0" in result.stderr
