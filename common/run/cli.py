@@ -95,8 +95,9 @@ def main(cfg: DictConfig) -> int:
             signal.signal(stop, signal.SIG_IGN)
     if multirun:
         hydra_cfg = HydraConfig.get()
+        folder = "" if run_dir.name == hydra_cfg.job.override_dirname else run_dir.name
         outcome = sweep.JobOutcome(number=hydra_cfg.job.num, overrides=list(hydra_cfg.overrides.task), code=code,
-                                   reason=reason, run_dir=str(run_dir))
+                                   reason=reason, run_dir=str(run_dir), folder=folder)
         sweep.record(hydra_cfg.sweep.dir, outcome)
         if code == 130:
             sweep.stop_sweep(hydra_cfg.sweep.dir, outcome)  # exits 130: no further job starts
