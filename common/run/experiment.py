@@ -34,7 +34,7 @@ from common.results.provenance import environment
 from common.results.run_dir import RunDirectory
 from common.run.distributed import Ranks, barrier
 from common.run.progress import Progress, RunBar
-from common.sampling import Sampler
+from common.sampling import Sampler, first_step_finite
 from common.sampling.counting import count_calls
 
 
@@ -134,6 +134,17 @@ def prepare_inputs(dataset: ImageDataset, operator: Operator, *, seed: int, num_
     keys = SampleKeys.build({"seed": seed, **(fingerprint or {})}, ids, lambda index: dataset[index][1],
                             lambda index: states(ids[index]) or dataset.state(index), num_runs)
     return Inputs(states, keys)
+
+
+def first_step_diverges(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Sampler,
+                        inputs: Inputs, *, seed: int, device: torch.device) -> bool:
+    """Whether the sampler's first outer step for (first image, run 0), on the measurement the run makes, is already
+    non-finite (:func:`~common.sampling.first_step_finite`): settings that diverge at once are refused before the
+    run instead of giving a folder of NaN samples. Writes nothing."""
+    measurement = _measurement(dataset, 0, operator, seed, inputs, device)
+    operator.set_state(stack_states([measurement.state]))
+    generator = make_generator(seed, dataset.ids()[0], 0, device=device)
+    return not first_step_finite(sampler, model, operator, measurement.y, generator)
 
 
 class OutOfMemory(RuntimeError):
