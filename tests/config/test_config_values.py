@@ -160,3 +160,21 @@ def test_cli_disk_full_at_start_exits_4(tmp_path):
         subprocess.run(["umount", str(full)], check=True)
     assert done.returncode == 4 and "the disk is full" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_unknown_keys_are_marked_for_our_key_check_with_or_without_plus():
+    argv = ["p.py", "sampler.annealing_scheduler_config.num_step=10", "seed=1", "num_run=3", "-m", "+x=1",
+            "hydra.job.chdir=false", "hydra/launcher=basic"]
+    assert compose.prepare_argv(argv) == ["p.py", "+sampler.annealing_scheduler_config.num_step=10", "seed=1",
+                                          "+num_run=3", *argv[4:]]
+    swept_groups = ["p.py", "sampler=dps,mmps", "sampler.foo=1"]  # the key set differs per job: left to Hydra
+    assert compose.prepare_argv(swept_groups) == swept_groups
+
+
+@pytest.mark.parametrize("plus", ["", "+"])
+def test_a_misspelled_key_gets_our_message_and_exit_2_with_or_without_plus(tmp_path, plus):
+    typo = f"{plus}sampler.annealing_scheduler_config.num_step=10"
+    done = subprocess.run([*CLI, f"save_dir={tmp_path}", typo], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "sampler.annealing_scheduler_config.num_step=10" in done.stderr and "did you mean 'num_steps'?" in done.stderr
+    assert list(tmp_path.iterdir()) == []
