@@ -26,7 +26,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from common.config.validate import run_dir_problems
+from common.config.validate import NAME_MAX, run_dir_problems
 from common.models import DiffusionModel  # importing common.models registers every model
 from common.registry import MODELS
 
@@ -73,8 +73,9 @@ def hydra_sweep_dir(*, _root_: DictConfig) -> str:
 
 #: characters a job folder name keeps as they are (``key=value`` pairs joined by commas, lists in brackets)
 _FOLDER_CHARACTERS = re.compile(r"[^A-Za-z0-9._,=+\-\[\]]")
-#: the longest job folder name kept as it is (longer ones are cut, with a digest of the whole)
-MAX_JOB_FOLDER = 120
+#: the longest job folder name kept as it is; longer ones are cut and get "-" and a digest of 8 hex digits, so every
+#: job folder name fits a file name (NAME_MAX bytes)
+MAX_JOB_FOLDER = NAME_MAX - 9
 
 
 def job_folder(overrides: str) -> str:
