@@ -44,7 +44,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from common.errors import SettingError, positive_int, real
+from common.errors import MAX_SIGMA, SettingError, positive_int, real
 from common.models.base import DiffusionModel
 from common.operators.base import LinearOperator, Operator
 from common.operators.linalg import conjugate_gradient
@@ -94,8 +94,8 @@ class MMPS:
         self.num_steps = positive_int("num_steps", num_steps)
         self.eta = real("eta", eta, 0, 1)
         self.cg_iterations = positive_int("cg_iterations", cg_iterations)
-        self.sigma_max = real("sigma_max", sigma_max, 0, low_open=True)
-        self.sigma_min = real("sigma_min", sigma_min, 0, low_open=True)
+        self.sigma_max = real("sigma_max", sigma_max, 0, MAX_SIGMA, low_open=True)
+        self.sigma_min = real("sigma_min", sigma_min, 0, MAX_SIGMA, low_open=True)
         if self.sigma_min >= self.sigma_max:
             raise SettingError("sigma_min", sigma_min, f"need 0 < sigma_min < sigma_max = {sigma_max}")
 

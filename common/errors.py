@@ -33,6 +33,11 @@ class SettingError(ConfigError):
         return SettingError(f"{prefix}.{self.key}" if prefix else self.key, self.value, self.valid, kind=self.kind)
 
 
+#: the largest diffusion noise level σ any sampler setting takes (EDM's σ_max is 80, variance-exploding schedules
+#: reach 1e2–1e3); beyond it σ² and the schedules built from it overflow float arithmetic
+MAX_SIGMA = 1e6
+#: the largest Poisson rate (photons per 8-bit level) a noise setting takes: 255 · rate stays a count torch can draw
+MAX_POISSON_RATE = 1e6
 #: the largest step count any sampler setting takes (a million network calls per sample is far past every paper)
 MAX_STEPS = 1_000_000
 

@@ -90,7 +90,10 @@ class DPS:
     def __init__(self, num_steps: int = 1000, method: str = "ps", scale: float = 1.0,
                  timestep_respacing: int | str | Sequence[int] | None = None, clip_denoised: bool = True) -> None:
         num_steps = positive_int("num_steps", num_steps)
-        if isinstance(timestep_respacing, bool) or isinstance(timestep_respacing, float):
+        integers = isinstance(timestep_respacing, (list, tuple)) and bool(timestep_respacing) and all(
+            isinstance(c, int) and not isinstance(c, bool) for c in timestep_respacing)
+        if not (timestep_respacing is None or integers or isinstance(timestep_respacing, str)
+                or isinstance(timestep_respacing, int) and not isinstance(timestep_respacing, bool)):
             raise SettingError("timestep_respacing", timestep_respacing,
                                "null, an integer step count, 'a,b,c' section counts or 'ddimN'")
         if not isinstance(clip_denoised, bool):

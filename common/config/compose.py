@@ -8,11 +8,12 @@ the applications and the tests.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from hydra import compose, initialize_config_dir
-from hydra.errors import MissingConfigException
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -57,10 +58,46 @@ def quote_unicode_values(argv: Sequence[str]) -> list[str]:
     return out
 
 
+#: a value that makes an override a sweep (``a=1,2``, ``choice(…)``, ``range(…)``, ``glob(…)``)
+SWEEP_VALUE = re.compile(r",|^\s*(choice|range|glob|interval|tag|sort|shuffle)\(")
+_ABSENT = object()
+
+
+def mark_unknown_keys(argv: Sequence[str]) -> list[str]:
+    """``a.b=v`` -> ``+a.b=v`` for a key the composed config does not have, so that a misspelled key gets the same
+    refusal with or without ``+`` (the strict key checks name it and suggest the closest key, exit code 2) instead
+    of Hydra's "Could not override". The config is composed with the command line's group selections; when they
+    are swept, or it does not compose, the command line is left to Hydra as it is."""
+    selections, plain = [], []
+    for index, arg in enumerate(argv):
+        key, sep, value = arg.partition("=")
+        if not sep or arg.startswith(("-", "+", "~")) or "/" in key or key.startswith("hydra."):
+            continue
+        if key in CONFIG_GROUPS:
+            if SWEEP_VALUE.search(value):
+                return list(argv)
+            selections.append(arg)
+        else:
+            plain.append((index, key))
+    if not plain:
+        return list(argv)
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose("config", overrides=selections)
+    except HydraException:
+        return list(argv)
+    out = list(argv)
+    for index, key in plain:
+        if OmegaConf.select(cfg, key, default=_ABSENT, throw_on_resolution_failure=False) is _ABSENT:
+            out[index] = f"+{argv[index]}"
+    return out
+
+
 def prepare_argv(argv: Sequence[str]) -> list[str]:
-    """The command line as Hydra's grammar should read it: ``+group=`` selections normalised, non-ASCII values
-    quoted (:func:`normalize_group_overrides`, :func:`quote_unicode_values`)."""
-    return quote_unicode_values(normalize_group_overrides(argv))
+    """The command line as Hydra's grammar should read it: ``+group=`` selections normalised, misspelled keys
+    marked for our key check, non-ASCII values quoted (:func:`normalize_group_overrides`,
+    :func:`mark_unknown_keys`, :func:`quote_unicode_values`)."""
+    return quote_unicode_values(mark_unknown_keys(normalize_group_overrides(argv)))
 
 
 def check_task_group_overrides(overrides: Sequence[str], task_group: str, task: Mapping[str, Any]) -> None:

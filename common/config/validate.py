@@ -7,6 +7,7 @@ sampling.
 """
 from __future__ import annotations
 
+import difflib
 import errno
 import os
 import tempfile
@@ -22,6 +23,10 @@ TASK_GROUPS = ("gaussian", "pixel", "pixel_hmc", "ldm", "sd")
 #: top-level switches: each must be a real boolean (a string such as "abc" or "no" is refused, never taken as true)
 BOOLEAN_KEYS = ("save_samples", "save_traj", "save_traj_video", "show_progress", "resume", "overwrite", "auto_batch",
                 "compile", "channels_last", "wandb")
+#: every top-level key of the experiment config (configs/config.yaml and its groups); anything else is a typo
+TOP_LEVEL_KEYS = ("data", "model", "task", "sampler", "task_group", "gpu", "batch_size", "num_runs", "save_dir",
+                  "name", "seed", "eval_fn_list", "trajectory_points", "compile_mode", "project_name",
+                  "wandb_entity", "wandb_mode", *BOOLEAN_KEYS)
 #: the most posterior samples per image one run folder takes (each is a PNG, a record and a sampler call)
 MAX_NUM_RUNS = 10_000
 #: a file or folder name longer than this many UTF-8 bytes cannot be created (NAME_MAX of Linux and macOS)
@@ -73,6 +78,8 @@ def run_dir_problems(save_dir: Any, name: Any) -> list[str]:
                         f"path may have at most {NAME_MAX} bytes")
     elif isinstance(save_dir, str) and any(not c.isprintable() for c in save_dir):
         problems.append(f"save_dir={save_dir!r} is not valid: need a path without control characters")
+    if isinstance(save_dir, str) and save_dir.strip() and Path(save_dir).expanduser().resolve() == Path("/"):
+        problems.append(f"save_dir={save_dir!r} is not valid: the filesystem root; need a folder for the results")
     if problems:
         return problems
     base = Path(save_dir).expanduser()
@@ -146,6 +153,10 @@ def _positive_int(cfg: Mapping[str, Any], key: str, problems: list[str], where: 
 def validate(cfg: Mapping[str, Any]) -> list[str]:
     """Problems with an experiment config (a plain, resolved dict); empty when it is valid."""
     problems: list[str] = []
+    for key in sorted(set(cfg) - set(TOP_LEVEL_KEYS)):
+        close = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1)
+        problems.append(f"unknown setting {key}={cfg[key]!r}: valid top-level keys: {', '.join(TOP_LEVEL_KEYS)}"
+                        + (f"; did you mean {close[0]!r}?" if close else ""))
     for key in ("batch_size", "num_runs"):
         _positive_int(cfg, key, problems)
     if isinstance(cfg.get("seed"), bool) or not isinstance(cfg.get("seed"), int):
@@ -184,6 +195,10 @@ def validate(cfg: Mapping[str, Any]) -> list[str]:
         name = (group_cfg.get("operator") or {}).get("name")
         if not isinstance(name, str) or name not in OPERATORS:
             problems.append(f"task.{task_group}.operator.name={name!r} is not valid; valid: {', '.join(OPERATORS.names())}")
+        side, data_side = (group_cfg.get("operator") or {}).get("resolution"), (cfg.get("data") or {}).get("resolution")
+        if isinstance(data_side, int) and side is not None and side != data_side:
+            problems.append(f"task.{task_group}.operator.resolution={side!r} is not valid: the images are "
+                            f"data.resolution={data_side} px; leave it at ${{data.resolution}} (the default)")
 
     model = cfg.get("model") or {}
     if isinstance(model.get("name"), str) and model["name"] in MODELS:

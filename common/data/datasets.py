@@ -9,6 +9,7 @@ bicubic), converted to RGB (grayscale replicated, alpha dropped, 16-bit scaled),
 """
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -90,7 +91,7 @@ def image_file_problem(path: Path) -> str | None:
         with _open_image(path) as img:
             img.verify()
         with _open_image(path) as img:  # verify() leaves the image unusable: open it again to decode
-            img.load()
+            _pixels(img)
     except ValueError as err:
         return str(err)
     except Exception as err:  # verify() raises whatever the format plugin meets (SyntaxError, struct.error, ...)
@@ -107,19 +108,36 @@ def check_image_files(files: Sequence[Path], where: str) -> None:
                          + "\nRemove or replace them, or select other images with data.start_id/data.end_id")
 
 
+def _pixels(img: Image.Image) -> np.ndarray:
+    """The pixels of an open image by its real value range: 16-bit grayscale keeps its depth (uint16), a 32-bit float
+    image in [0, 1] stays float; palette, gray, RGBA, CMYK become 8-bit RGB. ValueError for what has no known range:
+    32-bit integers, floats outside [0, 1] or not finite."""
+    if img.mode.startswith("I;16"):
+        return np.asarray(img).astype(np.uint16)
+    if img.mode == "F":
+        array = np.asarray(img, dtype=np.float32)
+        if not np.isfinite(array).all():
+            raise ValueError("a float image holding NaN or infinite values")
+        if array.size and not (array.min() >= 0.0 and array.max() <= 1.0):
+            raise ValueError(f"a float image with values in [{array.min():g}, {array.max():g}]: float images are "
+                             f"read as intensities in [0, 1]; save it as 8/16-bit or scale it to [0, 1]")
+        return array
+    if img.mode in ("I", "I;32", "I;32S"):
+        raise ValueError("a 32-bit integer image: its value range is unknown; save it as an 8 or 16-bit image "
+                         "(or as floats in [0, 1])")
+    return np.asarray(img.convert("RGB"))
+
+
 def _image_array(path: Path) -> np.ndarray:
-    """The pixels of an image file (uint8 RGB, or uint16 for 16-bit grayscale); ValueError when unreadable."""
+    """The pixels of an image file (:func:`_pixels`); ConfigError (a ValueError) when unreadable or refused."""
     problem = regular_file_problem(path)
     if problem:
         raise ConfigError(f"cannot read image {path}: {problem}")
     try:
         with _open_image(path) as img:
-            # 16-bit grayscale keeps its depth; everything else (palette, gray, RGBA, CMYK) becomes 8-bit RGB
-            array = np.asarray(img).astype(np.uint16) if img.mode.startswith("I;16") else \
-                np.asarray(img.convert("RGB"))
+            return _pixels(img)
     except (ValueError, OSError) as err:
         raise ConfigError(f"cannot read image {path}: {err}") from err
-    return array
 
 
 def read_image(path: Path, resolution: int) -> torch.Tensor:
@@ -267,6 +285,16 @@ MEASUREMENT_SUFFIXES = (".pt", ".npy", *IMAGE_SUFFIXES)
 
 def _read_npy(path: Path) -> torch.Tensor:
     """A ``.npy`` array of real numbers (``allow_pickle=False``: object arrays are refused, never unpickled)."""
+    try:  # the header first: a claimed shape beyond any measurement is refused before anything is allocated
+        with open(path, "rb") as handle:
+            major, _ = np.lib.format.read_magic(handle)
+            read = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            shape = read(handle)[0]
+    except (ValueError, OSError, EOFError):
+        raise InputError(f"{path}: not a complete .npy file (truncated or damaged)") from None
+    if math.prod(shape) > MAX_MEASUREMENT_VALUES:
+        raise InputError(f"{path}: its header claims an array of shape {shape} ({math.prod(shape)} values); a "
+                         f"measurement holds at most {MAX_MEASUREMENT_VALUES}")
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as err:
@@ -275,7 +303,7 @@ def _read_npy(path: Path) -> torch.Tensor:
         raise InputError(f"{path}: not a complete .npy file (truncated or damaged)") from None
     except (OSError, EOFError):
         raise InputError(f"{path}: not a complete .npy file (truncated or damaged)") from None
-    if not isinstance(array, np.ndarray) or array.dtype.kind not in "biuf":
+    if not isinstance(array, np.ndarray) or array.dtype.kind not in "iuf":
         raise InputError(f"{path}: an array of dtype {getattr(array, 'dtype', type(array).__name__)}, not real "
                          f"numbers")
     return torch.from_numpy(array.astype(np.float32))
@@ -299,10 +327,29 @@ def _measurement_payload(payload: Any, path: Path) -> tuple[torch.Tensor, dict[s
             raise InputError(f"{path}: no usable operator state: {'; '.join(problems)}")
     else:
         raise InputError(f"{path}: holds a {type(payload).__name__}; a measurement file holds {expected}")
+    return _checked_y(y, path), (dict(state) if state else None)
+
+
+#: the largest magnitude a measurement value may have: y is A(x) + n for images in [-1, 1] (Fourier magnitudes of a
+#: 4096² image stay far below); beyond it a file holds no measurement of these images
+MAX_MEASUREMENT = 1e8
+#: the most values one measurement file may hold (4 × a 3 × 4096² image: phase retrieval's oversampled y fits)
+MAX_MEASUREMENT_VALUES = 4 * 3 * 4096 ** 2
+
+
+def _checked_y(y: torch.Tensor, path: Path) -> torch.Tensor:
+    """``y`` as float32 when it is a usable measurement: dense real numbers (not booleans), finite, at most
+    :data:`MAX_MEASUREMENT` in magnitude; else :class:`InputError` naming the file and the reason."""
     problem = tensor_problem(y)
     if problem:
         raise InputError(f"{path}: y {problem if problem.startswith('holds') else 'is ' + problem}")
-    return y.float(), (dict(state) if state else None)
+    if y.dtype == torch.bool:
+        raise InputError(f"{path}: y is a boolean tensor, not measured values")
+    largest = float(y.abs().max()) if y.numel() else 0.0
+    if largest > MAX_MEASUREMENT:
+        raise InputError(f"{path}: y has values up to {largest:g}; a measurement of images in [-1, 1] stays within "
+                         f"{MAX_MEASUREMENT:g}")
+    return y.float()
 
 
 def read_measurement(path: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor] | None]:
@@ -317,15 +364,12 @@ def read_measurement(path: Path) -> tuple[torch.Tensor, dict[str, torch.Tensor] 
         problem = regular_file_problem(path)
         if problem:
             raise InputError(f"{path}: {problem}")
-        y = _read_npy(path)
-        if not bool(torch.isfinite(y).all()):
-            raise InputError(f"{path}: y holds NaN or infinite values")
-        return y, None
+        return _checked_y(_read_npy(path), path), None
     try:
         array = _image_array(path)
     except ValueError as err:
         raise InputError(str(err)) from None
-    scale = 65535.0 if array.dtype == np.uint16 else 255.0
+    scale = {np.dtype(np.uint16): 65535.0, np.dtype(np.uint8): 255.0}.get(array.dtype, 1.0)
     if array.ndim == 2:
         array = np.repeat(array[..., None], 3, axis=2)
     return torch.from_numpy(array.astype(np.float32) / scale).permute(2, 0, 1).contiguous() * 2 - 1, None

@@ -110,13 +110,22 @@ def check_state(operator: Operator, state: Mapping[str, torch.Tensor], where: st
 def state_source(plan: StatePlan, operator: Operator, seed: int, image_ids: Sequence[int]
                  ) -> Callable[[int], dict[str, torch.Tensor] | None]:
     """image id -> its operator state, or None (draw it per image). Loaded states are checked here, before
-    sampling: a missing file or a state of the wrong keys/shapes raises :class:`InputError`."""
+    sampling: a missing or unreadable file or a state of the wrong keys/shapes raises :class:`SettingError` for
+    ``operator.state`` (the caller puts the task group in front)."""
     if plan.shared:
         shared = operator.draw_state(make_generator(seed, "operator"))
         return lambda image_id: shared
     if plan.path is None:
         return lambda image_id: None
-    root = Path(plan.path).expanduser()
+    try:
+        return _loaded_states(Path(plan.path).expanduser(), plan.path, operator, image_ids)
+    except InputError as err:
+        raise SettingError("operator.state", plan.path, f"{err}") from None
+
+
+def _loaded_states(root: Path, setting: str, operator: Operator, image_ids: Sequence[int]
+                   ) -> Callable[[int], dict[str, torch.Tensor]]:
+    """image id -> its state loaded from ``root`` (one file for every image, or a measurements/ folder)."""
     if root.is_file():
         state = load_state_file(root)
         check_state(operator, state, str(root))
@@ -125,7 +134,7 @@ def state_source(plan: StatePlan, operator: Operator, seed: int, image_ids: Sequ
     for image_id in image_ids:
         path = root / f"{image_id:05d}.pt"
         if not path.is_file():
-            raise InputError(f"operator.state={plan.path}: no state for image {image_id} ({path} is missing)")
+            raise InputError(f"no state for image {image_id} ({path} is missing)")
         states[image_id] = load_state_file(path)
         check_state(operator, states[image_id], str(path))
     return states.__getitem__

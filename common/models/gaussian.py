@@ -95,7 +95,10 @@ class GaussianPrior(DiffusionModel):
                  f0: float = 0.01, boundary: str = "periodic") -> None:
         h, w = image_size(resolution)
         self.boundary = one_of("boundary", boundary, BOUNDARIES)
-        mean = reals("mean", mean)
+        # the channel count is the one variance and alpha agree on (else mean's): the odd one out is named
+        sizes = [len(v) if isinstance(v, Sequence) and not isinstance(v, (str, bytes)) else None
+                 for v in (variance, alpha)]
+        mean = reals("mean", mean, sizes[0] if sizes[0] == sizes[1] and sizes[0] else None)
         channels = len(mean)
         variance = reals("variance", variance, channels, positive=True)  # v_c > 0, else P_c is not a spectrum
         alpha = reals("alpha", alpha, channels)
@@ -110,8 +113,12 @@ class GaussianPrior(DiffusionModel):
                                    f"channel)")
             for row in color_basis:
                 reals("color_basis", row, channels)
-            # nearest orthonormal matrix (polar factor), so rounded config values stay exactly orthonormal
-            u, _, vh = torch.linalg.svd(torch.tensor(color_basis, dtype=torch.float64))
+            # nearest orthonormal matrix (polar factor), so rounded config values stay exactly orthonormal; a
+            # singular matrix (repeated or zero rows) has no unique one: its channels would not span the colours
+            u, singular, vh = torch.linalg.svd(torch.tensor(color_basis, dtype=torch.float64))
+            if not singular[-1] > 1e-6 * singular[0]:
+                raise SettingError("color_basis", color_basis, f"need an invertible {channels}x{channels} matrix "
+                                   f"(linearly independent rows, e.g. the fitted eigenvectors); this one is singular")
             basis = u @ vh
         radial = frequencies(h, boundary)[:, None] ** 2 + frequencies(w, boundary)[None, :] ** 2 + f0 ** 2
         alpha_t = torch.tensor(alpha, dtype=torch.float64)[:, None, None]

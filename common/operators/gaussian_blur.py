@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from common.errors import real
+from common.errors import MAX_RESOLUTION, real
 from common.operators.base import SeparableOperator
 from common.operators.convolution import ReflectBlur, reflect_correlation_matrix
 from common.operators.noise import NoiseModel
@@ -50,7 +50,8 @@ class GaussianBlur(ReflectBlur, SeparableOperator):
 
     def __init__(self, noise: NoiseModel, resolution: int, kernel_size: int = 61, intensity: float = 3.0) -> None:
         super().__init__(noise, resolution, kernel_size)
-        self.intensity = real("intensity", intensity, 0.0, low_open=True)  # the Gaussian std in pixels
+        # the Gaussian std in pixels: beyond the largest image side the kernel is flat anyway
+        self.intensity = real("intensity", intensity, 0.0, MAX_RESOLUTION, low_open=True)
         self.register_buffer("kernel", gaussian_kernel(self.kernel_size, self.intensity).float())
         self.set_separable_map(reflect_correlation_matrix(gaussian_profile(self.kernel_size, self.intensity),
                                                           self.resolution))

@@ -55,6 +55,10 @@ class Inpainting(SVDOperator):
                                f"{self.resolution}: need hi - 1 < {self.resolution - 2 * self.margin} (the image "
                                f"minus a {self.margin}-px margin on each side)")
         p_lo, p_hi = real_range("mask_prob_range", mask_prob_range, 0.0, 1.0)
+        if mask_type == "random" and int(self.resolution ** 2 * p_hi) >= self.resolution ** 2:
+            raise SettingError("mask_prob_range", list(mask_prob_range), f"removes every pixel of a "
+                               f"{self.resolution}x{self.resolution} image at hi = {p_hi:g}: need hi < 1 (the "
+                               f"fraction of pixels removed)")
         self.mask_len_range = (lo, hi)
         self.mask_prob_range = (p_lo, p_hi)
 

@@ -6,7 +6,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from common.errors import real
+from common.errors import MAX_POISSON_RATE, real
 from common.random import randn
 from common.registry import NOISES
 
@@ -44,7 +44,7 @@ class PoissonNoise(NoiseModel):
 
     def __init__(self, rate: float) -> None:
         super().__init__()
-        self.rate = real("rate", rate, 0.0, low_open=True)
+        self.rate = real("rate", rate, 0.0, MAX_POISSON_RATE, low_open=True)
 
     def forward(self, clean: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         intensity = ((clean + 1.0) / 2.0).clamp(0.0, 1.0) * (255.0 * self.rate)

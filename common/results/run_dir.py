@@ -9,7 +9,9 @@ Layout::
                                       git commit and dirty flag, start/end time, wall time, model calls per
                                       sample; see :mod:`common.results.provenance`) and the checkpoint digests
     run.log                           what the runs printed (appended by every invocation)
-    run.lock                          locked (``fcntl.flock``) by the process writing the folder; holds its pid
+    run.lock                          locked (``fcntl.flock``) by the process writing the folder; holds its pid.
+                                      Only a flock target: it stays after a clean finish, and a leftover file
+                                      holds nothing (the lock is released when its holder ends, even by SIGKILL)
     samples/{id:05d}_run{r:04d}.png   reconstructions
     inputs/{id:05d}_gt.png            ground truth;  inputs/{id:05d}_measurement.png: y resized for viewing
     measurements/{id:05d}.pt          raw y and the operator state (mask, kernel) to rerun on the same data
@@ -41,6 +43,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -54,6 +57,11 @@ from PIL import Image
 from common.results.fingerprint import SampleKeys, differences
 
 LOCK_FILE = "run.lock"
+#: the layout's folders and files: an entry of one of these names must be a real folder / regular file (not a
+#: symbolic link, FIFO or device), else the folder is refused before anything is written
+FOLDERS = ("samples", "inputs", "measurements", "records", "raw", "trajectory", "uncertainty")
+FILES = ("config.yaml", "protocol.json", "provenance.json", "run.log", LOCK_FILE, "metrics.json", "eval.md",
+         "records.csv", "grid_results.png")
 RECORD_NAME = re.compile(r"^(\d+)_run(\d+)\.json$")
 
 
@@ -166,6 +174,10 @@ class RunDirectory:
         it is removed again."""
         self._new = not self.root.is_dir() or not any(self.root.iterdir())
         self.root.mkdir(parents=True, exist_ok=True)
+        odd = self.layout_problems()
+        if odd:
+            raise RunDirectoryError(f"run directory {self.root} holds entries where its own files belong: "
+                                    f"{'; '.join(odd)}; move them away or choose another name=...")
         self._lock_fd = self._acquire()
         try:
             yield
@@ -178,9 +190,35 @@ class RunDirectory:
                 os.close(self._lock_fd)  # releases the lock
                 self._lock_fd = None
 
+    def layout_problems(self) -> list[str]:
+        """Entries named like the layout's folders (:data:`FOLDERS`) that are no real folder, and like its files
+        (:data:`FILES`) that are no regular file; symbolic links are refused either way (never followed)."""
+        problems = []
+        for names, wanted, test in ((FOLDERS, "a folder", stat.S_ISDIR), (FILES, "a regular file", stat.S_ISREG)):
+            for name in names:
+                try:
+                    mode = os.lstat(self.root / name).st_mode
+                except FileNotFoundError:
+                    continue
+                if not test(mode):
+                    problems.append(f"'{name}' is {_kind(mode)}, not {wanted}")
+        return problems
+
     def _acquire(self) -> int:
+        """Open ``run.lock`` without following a link and without blocking (a FIFO), refuse anything but a regular
+        file, then take the flock (:class:`RunDirectoryError` naming the holder's pid when it is held)."""
         path = self.root / LOCK_FILE
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o666)
+        except OSError as err:
+            kind = _kind(os.lstat(path).st_mode) if os.path.lexists(path) else os.strerror(err.errno or 0)
+        else:
+            kind = None if stat.S_ISREG(os.fstat(fd).st_mode) else _kind(os.fstat(fd).st_mode)
+            if kind:
+                os.close(fd)
+        if kind:
+            raise RunDirectoryError(f"run directory {self.root}: the lock file {path} is {kind}, not a regular "
+                                    f"file; remove it (it only serves as a lock) or choose another name=...")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -341,6 +379,14 @@ class RunDirectory:
         current = self._current(self._scan())
         return [current[p] for p in sorted(current)]
 
+
+
+def _kind(mode: int) -> str:
+    """What a file mode is, in words ("a symbolic link", "a FIFO (named pipe)", ...)."""
+    kinds = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+             (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISREG, "a regular file"))
+    return next((word for test, word in kinds if test(mode)), "an unknown kind of file")
 
 
 #: what a differing fingerprint key means, for the refusal message

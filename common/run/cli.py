@@ -44,16 +44,10 @@ def _already_stopping(signum: int, frame: object) -> None:
     print("\nstopping: finished results are being saved", file=sys.stderr, flush=True)
 
 
-def main(cfg: DictConfig) -> int:
-    """Run the job Hydra composed; returns its exit code (see :mod:`common.run.job`), or exits with it outside a
-    sweep."""
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
-    multirun = HydraConfig.get().mode.name == "MULTIRUN"
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop, _raise_interrupted)
+def _job(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, multirun: bool) -> int:
+    """Thread limits, the process group, warnings policy, then the job itself (:func:`common.run.job.run`)."""
     threads.limit_threads()  # torch threads <= the cores granted (affinity, cgroup quota), unless OMP_NUM_THREADS
-    ranks = distributed.ranks_from_env()
-    if ranks.launcher == "torchrun" and HydraConfig.get().mode.name == "MULTIRUN":
+    if ranks.launcher == "torchrun" and multirun:
         print("error: -m (multirun) cannot be combined with torchrun (WORLD_SIZE > 1): sweep with a Hydra "
               "launcher, and use torchrun for one run at a time", file=sys.stderr)
         sys.exit(2)
@@ -64,9 +58,20 @@ def main(cfg: DictConfig) -> int:
     warnings.formatwarning = one_line_warning
     if not ranks.is_main:  # every rank would repeat rank 0's notices (missing metric weights, precision, ...)
         warnings.simplefilter("ignore")
+    return run(cfg, run_dir, ranks, choices=dict(HydraConfig.get().runtime.choices))
+
+
+def main(cfg: DictConfig) -> int:
+    """Run the job Hydra composed; returns its exit code (see :mod:`common.run.job`), or exits with it outside a
+    sweep."""
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    ranks = distributed.ranks_from_env()
+    for stop in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop, _raise_interrupted)
     reason = ""
-    try:
-        code = run(cfg, run_dir, ranks, choices=dict(HydraConfig.get().runtime.choices))
+    try:  # from here on a signal is a clean stop, at whatever point of the job it comes
+        code = _job(cfg, run_dir, ranks, multirun)
     except ConfigError as err:
         print(f"{rank_label(ranks)}error: {err}", file=sys.stderr)
         reason = str(err).splitlines()[0]
@@ -74,6 +79,10 @@ def main(cfg: DictConfig) -> int:
         if isinstance(save_dir, str) and save_dir:  # else Hydra's folder is REFUSED_RUN_DIR: nothing to remove
             remove_empty_folders(run_dir, Path(save_dir))
         code = 2
+    except KeyboardInterrupt:  # outside sampling (the experiment loop stops on its own and returns 130)
+        print(f"{rank_label(ranks)}interrupted while the job was set up or finished: finished results are kept; "
+              f"run the same command again to resume", file=sys.stderr)
+        reason, code = "interrupted (outside sampling)", 130
     except Exception as err:  # a bug: one run has its traceback from Hydra; a sweep records it and goes on
         if not multirun:
             raise
@@ -86,8 +95,9 @@ def main(cfg: DictConfig) -> int:
             signal.signal(stop, signal.SIG_IGN)
     if multirun:
         hydra_cfg = HydraConfig.get()
+        folder = "" if run_dir.name == hydra_cfg.job.override_dirname else run_dir.name
         outcome = sweep.JobOutcome(number=hydra_cfg.job.num, overrides=list(hydra_cfg.overrides.task), code=code,
-                                   reason=reason, run_dir=str(run_dir))
+                                   reason=reason, run_dir=str(run_dir), folder=folder)
         sweep.record(hydra_cfg.sweep.dir, outcome)
         if code == 130:
             sweep.stop_sweep(hydra_cfg.sweep.dir, outcome)  # exits 130: no further job starts

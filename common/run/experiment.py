@@ -29,12 +29,12 @@ from common.models.base import DiffusionModel
 from common.operators.base import Operator, stack_states
 from common.operators.measurement import draw_states, simulate
 from common.random import make_generator
-from common.results.fingerprint import SampleKeys
+from common.results.fingerprint import SampleKeys, tensor_digest
 from common.results.provenance import environment
 from common.results.run_dir import RunDirectory
 from common.run.distributed import Ranks, barrier
 from common.run.progress import Progress, RunBar
-from common.sampling import Sampler
+from common.sampling import Sampler, first_step_finite
 from common.sampling.counting import count_calls
 
 
@@ -94,16 +94,58 @@ def _check_measurements(dataset: ImageDataset, operator: Operator, states: Calla
             f"(seed, image id) as in a ground-truth run. Pass task.<group>.operator.state=PATH to use a saved one")
 
 
-def _measurement(dataset: ImageDataset, index: int, operator: Operator, seed: int,
-                 states: Callable[[int], dict[str, torch.Tensor] | None], device: torch.device) -> Measurement:
-    """The measurement of item ``index``: simulated from the ground truth, or read (no ground truth)."""
+def _measurement(dataset: ImageDataset, index: int, operator: Operator, seed: int, inputs: Inputs,
+                 device: torch.device) -> Measurement:
+    """The measurement of item ``index``: simulated from the ground truth, or read (no ground truth). The item must
+    be the one fingerprinted when the run started (a file replaced meanwhile stops the run, naming it: its samples
+    would be recorded under the old content)."""
     image_id, item = dataset[index]
-    state = states(image_id)
+    if tensor_digest(item) != inputs.keys.images[image_id]["image"]:
+        raise InputError(f"input {dataset.names()[index]} (image {image_id}) changed while the run was going: its "
+                         f"content differs from when the run started; samples already made are kept. Leave the "
+                         f"input files alone during a run and run the same command again")
+    state = inputs.states(image_id)
     if dataset.ground_truth:
         return measure(operator, item.to(device), image_id, seed, state)
     if state is None:
         state = dataset.state(index) or operator.draw_state(make_generator(seed, image_id, "operator"))
     return Measurement(None, item.to(device), state)
+
+
+@dataclass
+class Inputs:
+    """The checked inputs of an experiment: where each image's operator state comes from, and the fingerprint every
+    (image, run) carries (:func:`prepare_inputs`)."""
+
+    states: Callable[[int], dict[str, torch.Tensor] | None]
+    keys: SampleKeys
+
+
+def prepare_inputs(dataset: ImageDataset, operator: Operator, *, seed: int, num_runs: int, device: torch.device,
+                   state_plan: StatePlan = StatePlan(), fingerprint: Mapping[str, Any] | None = None,
+                   log: Callable[[str], None] = print) -> Inputs:
+    """Check every input and fingerprint it, writing nothing: loaded operator states, stored states and
+    measurement shapes (:class:`~common.errors.InputError`), then each image's content digest (see
+    :func:`run_experiment`). Call it before a run folder is changed (``overwrite=true`` moves the old one aside
+    only once the inputs are known good)."""
+    states = state_source(state_plan, operator, seed, dataset.ids())
+    if not dataset.ground_truth:
+        _check_measurements(dataset, operator, states, device, log)
+    ids = dataset.ids()
+    keys = SampleKeys.build({"seed": seed, **(fingerprint or {})}, ids, lambda index: dataset[index][1],
+                            lambda index: states(ids[index]) or dataset.state(index), num_runs)
+    return Inputs(states, keys)
+
+
+def first_step_diverges(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Sampler,
+                        inputs: Inputs, *, seed: int, device: torch.device) -> bool:
+    """Whether the sampler's first outer step for (first image, run 0), on the measurement the run makes, is already
+    non-finite (:func:`~common.sampling.first_step_finite`): settings that diverge at once are refused before the
+    run instead of giving a folder of NaN samples. Writes nothing."""
+    measurement = _measurement(dataset, 0, operator, seed, inputs, device)
+    operator.set_state(stack_states([measurement.state]))
+    generator = make_generator(seed, dataset.ids()[0], 0, device=device)
+    return not first_step_finite(sampler, model, operator, measurement.y, generator)
 
 
 class OutOfMemory(RuntimeError):
@@ -114,8 +156,8 @@ def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionMo
                    run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
                    device: torch.device, outputs: Outputs = Outputs(), auto_batch: bool = False,
                    ranks: Ranks = Ranks(), log: Callable[[str], None] = print,
-                   state_plan: StatePlan = StatePlan(), fingerprint: Mapping[str, Any] | None = None
-                   ) -> dict[str, Any] | None:
+                   state_plan: StatePlan = StatePlan(), fingerprint: Mapping[str, Any] | None = None,
+                   inputs: Inputs | None = None) -> dict[str, Any] | None:
     """Sample every (image, run) not yet on disk; returns the summary written to ``metrics.json``
     (on rank 0; other ranks return None after the barrier).
 
@@ -125,17 +167,16 @@ def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionMo
     written (:class:`~common.results.run_dir.RunDirectoryError`).
 
     ``state_plan`` says where the operator state comes from (drawn per image by default). Loaded states and
-    measurement shapes are checked first (:class:`~common.errors.InputError`, before any sampling). A CUDA
+    measurement shapes are checked first (:class:`~common.errors.InputError`, before any sampling), by
+    :func:`prepare_inputs` unless its result is given as ``inputs``. An image whose content changes during the
+    run stops it (:class:`~common.errors.InputError`). A CUDA
     out-of-memory error halves the batch and retries when ``auto_batch``; otherwise it raises
     :class:`OutOfMemory` naming the batch size. Either way, finished batches stay on disk.
     """
-    states = state_source(state_plan, operator, seed, dataset.ids())
-    if not dataset.ground_truth:
-        _check_measurements(dataset, operator, states, device, log)
-    ids = dataset.ids()
-    keys = SampleKeys.build({"seed": seed, **(fingerprint or {})}, ids, lambda index: dataset[index][1],
-                            lambda index: states(ids[index]) or dataset.state(index), num_runs)
-    run_dir.expect(keys, image=outputs.save_samples, raw=num_runs >= 2, log=log)
+    if inputs is None:
+        inputs = prepare_inputs(dataset, operator, seed=seed, num_runs=num_runs, device=device,
+                                state_plan=state_plan, fingerprint=fingerprint, log=log)
+    run_dir.expect(inputs.keys, image=outputs.save_samples, raw=num_runs >= 2, log=log)
     if ranks.is_main:
         run_dir.write_json("protocol.json", {
             "data": dataset.protocol(), "operator_state": state_plan.describe(), "seed": seed, "num_runs": num_runs,
@@ -144,7 +185,7 @@ def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionMo
         try:
             _sample_all(dataset, operator, model, sampler, run_dir, metrics, seed=seed, num_runs=num_runs,
                         batch_size=batch_size, device=device, outputs=outputs, indices=ranks.shard(len(dataset)),
-                        log=log, states=states)
+                        log=log, inputs=inputs)
             break
         except torch.cuda.OutOfMemoryError as err:
             torch.cuda.empty_cache()
@@ -165,7 +206,7 @@ def run_experiment(dataset: ImageDataset, operator: Operator, model: DiffusionMo
 def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel, sampler: Sampler,
                 run_dir: RunDirectory, metrics: Metrics, *, seed: int, num_runs: int, batch_size: int,
                 device: torch.device, outputs: Outputs, indices: Sequence[int], log: Callable[[str], None],
-                states: Callable[[int], dict[str, torch.Tensor] | None]) -> None:
+                inputs: Inputs) -> None:
     done = run_dir.finished()
     all_ids = dataset.ids()
     items = [(index, run) for run in range(num_runs) for index in indices]
@@ -181,7 +222,7 @@ def _sample_all(dataset: ImageDataset, operator: Operator, model: DiffusionModel
         batch = todo[first:first + batch_size]
         for index, _ in batch:
             if index not in cache:
-                cache[index] = _measurement(dataset, index, operator, seed, states, device)
+                cache[index] = _measurement(dataset, index, operator, seed, inputs, device)
                 image = cache[index].image
                 run_dir.write_inputs(all_ids[index], None if image is None else image.cpu(), cache[index].y,
                                      cache[index].state, size, raw=keep_raw)

@@ -12,7 +12,7 @@ import errno
 import sys
 import warnings
 from pathlib import Path
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 import yaml
@@ -36,7 +36,7 @@ from common.results.provenance import LOG_FILE, Invocation, known, terminal_log
 from common.results.reuse import check_run_directory
 from common.results.run_dir import RunDirectory, RunDirectoryError
 from common.run import distributed, sweep
-from common.run.experiment import OutOfMemory, Outputs, run_experiment
+from common.run.experiment import OutOfMemory, Outputs, first_step_diverges, prepare_inputs, run_experiment
 from common.run.tracking import Tracker, run_tags
 from common.sampling import build_sampler, check_combination, check_settings
 
@@ -56,6 +56,28 @@ def select_device(gpu: int, ranks: distributed.Ranks) -> torch.device:
 def rank_label(ranks: distributed.Ranks) -> str:
     """``[rank r/W] `` before a process's own messages under torchrun / SLURM tasks; nothing for one process."""
     return f"[rank {ranks.rank}/{ranks.world_size}] " if ranks.world_size > 1 else ""
+
+
+def largest_settings(resolved: Mapping[str, Any], shown: int = 4) -> list[str]:
+    """``key=value`` of the ``shown`` numeric settings of the sampler, the selected task group and the model with the
+    largest magnitude (a list counts by its largest entry): the suspects when a sampler diverges at once."""
+    found: list[tuple[float, str]] = []
+
+    def visit(value: Any, path: str) -> None:
+        if isinstance(value, Mapping):
+            for key, inner in value.items():
+                visit(inner, f"{path}.{key}")
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, (int, float)) for v in value):
+            found.append((max(abs(float(v)) for v in value if not isinstance(v, bool)) if any(
+                not isinstance(v, bool) for v in value) else 0.0, f"{path}={list(value)}"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            found.append((abs(float(value)), f"{path}={value}"))
+
+    group = resolved["task_group"]
+    visit(resolved["sampler"], "sampler")
+    visit(resolved["task"][group], f"task.{group}")
+    visit(resolved["model"], "model")
+    return [text for _, text in sorted(found, key=lambda item: -item[0])[:shown]]
 
 
 def run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks = distributed.Ranks(),
@@ -141,6 +163,16 @@ def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapp
             raise ConfigError(str(err)) from err
     notes = [] if resolved["overwrite"] else check_run_directory(run_dir, resolved)
     checkpoints = file_digests(resolved["model"], known(directory).get("checkpoints", {}))
+    try:  # every input is checked before overwrite=true moves anything
+        inputs = prepare_inputs(dataset, operator, seed=resolved["seed"], num_runs=resolved["num_runs"],
+                                device=device, state_plan=state_plan, fingerprint=config_parts(resolved, checkpoints),
+                                log=print if ranks.is_main else lambda message: None)
+    except SettingError as err:
+        raise err.at(f"task.{task_group}") from None
+    if first_step_diverges(dataset, operator, model, sampler, inputs, seed=resolved["seed"], device=device):
+        raise ConfigError(f"sampler {resolved['sampler']['name']!r} diverges (NaN/inf) at its first step on image "
+                          f"{dataset.names()[0]}: a step size, scale or prior setting is too large for this problem; "
+                          f"the largest settings are {', '.join(largest_settings(resolved))}")
     if ranks.is_main:
         try:
             moved = directory.start_over() if resolved["overwrite"] else None
@@ -173,8 +205,7 @@ def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapp
         summary = run_experiment(dataset, operator, model, sampler, directory, metrics, seed=resolved["seed"],
                                  num_runs=resolved["num_runs"], batch_size=resolved["batch_size"], device=device,
                                  outputs=outputs, auto_batch=resolved["auto_batch"], ranks=ranks,
-                                 log=print if ranks.is_main else lambda message: None, state_plan=state_plan,
-                                 fingerprint=config_parts(resolved, checkpoints))
+                                 log=print if ranks.is_main else lambda message: None, inputs=inputs)
     except (InputError, RunDirectoryError) as err:  # inputs that do not fit, or samples made differently:
         # found before sampling
         raise ConfigError(str(err)) from err

@@ -26,6 +26,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from common.config.resolvers import hydra_run_dir
+
 #: a job's record in the sweep folder: hidden files beside the job folders
 RECORD = ".job-{}.json"
 #: why a job with this exit code failed, when it gave no message of its own
@@ -42,17 +44,21 @@ class JobOutcome:
     code: int
     reason: str = ""
     run_dir: str = ""
+    #: the job's folder name when it is not its overrides as written (sanitised: see resolvers.job_folder)
+    folder: str = ""
 
     @property
     def ok(self) -> bool:
         return self.code == 0
 
     def line(self, hide: frozenset[str] = frozenset()) -> str:
-        """``#n ok|failed (exit c)  overrides: why``, leaving out the overrides in ``hide``."""
+        """``#n ok|failed (exit c)  overrides [folder f]: why``, leaving out the overrides in ``hide``; the folder
+        only when its name is not the overrides as written."""
         status = "ok" if self.ok else f"failed (exit {self.code})"
         why = "" if self.ok else f": {self.reason or REASONS.get(self.code, 'error')}"
         shown = ",".join(o for o in self.overrides if o not in hide) or "(no overrides)"
-        return f"  #{self.number} {status:<16} {shown}{why}"
+        renamed = f" [folder {self.folder}]" if self.folder else ""
+        return f"  #{self.number} {status:<16} {shown}{renamed}{why}"
 
 
 def record(sweep_dir: str | Path, outcome: JobOutcome) -> None:
@@ -118,7 +124,12 @@ class SweepSummary(Callback):
     """Clears the job records when a sweep starts; prints the summary when it ends, exit status 1 if a job failed."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        for path in Path(config.hydra.sweep.dir).glob(RECORD.format("*")):
+        """Say where the job folders go when an earlier single run holds the planned folder; clear old records."""
+        sweep_dir, planned = Path(config.hydra.sweep.dir), hydra_run_dir(_root_=config)
+        if str(sweep_dir) == f"{planned}.sweep":
+            print(f"note: {planned} holds a single run's results; this sweep's job folders go beside it, under "
+                  f"{sweep_dir}", flush=True)
+        for path in sweep_dir.glob(RECORD.format("*")):
             path.unlink(missing_ok=True)
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:

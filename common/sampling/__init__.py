@@ -10,9 +10,11 @@ from common.sampling.seam import (
                                   build_sampler,
                                   check_combination,
                                   check_settings,
+                                  first_step_finite,
                                   runs_on,
                                   unsupported,
 )
 
 __all__ = ["DIVERGENCE_BOUND", "Callback", "DivergenceTracker", "SampleResult", "Sampler", "build_sampler",
-           "check_combination", "check_settings", "runs_on", "unsupported"]
+           "check_combination", "check_settings", "first_step_finite", "runs_on",
+           "unsupported"]

@@ -31,6 +31,7 @@ residual (B,): ‖y − A(D(x̂0))‖ per sample
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, runtime_checkable
 
@@ -105,6 +106,38 @@ class DivergenceTracker:
         samples = torch.where(bad.view(-1, *[1] * (samples.ndim - 1)), torch.full_like(samples, float("nan")),
                               samples)
         return SampleResult(samples, [None if s < 0 else s for s in self.first_bad.tolist()])
+
+
+class _FirstStep(Exception):
+    """Stops a dry step after the sampler's first outer step, carrying whether it stayed finite."""
+
+    def __init__(self, finite: bool) -> None:
+        super().__init__("first step done")
+        self.finite = finite
+
+
+def _stop_after_first_step(state: dict[str, Any]) -> None:
+    """A callback that ends the sampling at the first outer step: finite means the chain's flag, every state tensor
+    finite, and the estimates of x0 within :data:`DIVERGENCE_BOUND`."""
+    finite = bool(torch.as_tensor(state["finite"]).all())
+    for key in ("x_t", "x0hat", "x0y"):
+        value = state.get(key)
+        if isinstance(value, torch.Tensor):
+            bound = math.inf if key == "x_t" else DIVERGENCE_BOUND
+            finite = finite and bool((torch.isfinite(value) & (value.abs() <= bound)).all())
+    raise _FirstStep(finite)
+
+
+def first_step_finite(sampler: Sampler, model: DiffusionModel, operator: Operator, y: torch.Tensor,
+                      generator: torch.Generator) -> bool:
+    """A dry step: run ``sampler`` on one measurement ``y`` (its operator state already set) up to the end of its
+    first outer step; whether the chain is still finite there (settings so large that their products overflow, e.g.
+    a step size of 1e300, fail already). Costs one outer step of one chain."""
+    try:
+        result = sampler.sample(model, operator, y[None], generators=[generator], callback=_stop_after_first_step)
+    except _FirstStep as step:
+        return step.finite
+    return result.failed_at[0] is None
 
 
 def build_sampler(settings: Mapping[str, Any], path: str = "sampler") -> Sampler:

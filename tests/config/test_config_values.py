@@ -12,7 +12,8 @@ import pytest
 from common.config import compose, resolvers
 from common.config.validate import run_dir_problems
 from common.errors import ConfigError
-from tests.helpers.cli import compose_config, run_cli
+from common.run import job
+from tests.helpers.cli import TINY, compose_config, run_cli
 from tests.helpers.fixtures import REPO
 
 GROUP = compose_config([]).task_group  # the task group of the default (demo) model
@@ -53,10 +54,47 @@ OPERATOR = f"task.{GROUP}.operator"
     ([f"{OPERATOR}.shared_state=abc"], rf"{OPERATOR}.shared_state='abc' is not valid: need true or false"),
     (["data=demo-ffhq", "data.root=null", "data.id_list=null"], r"data.root=None is not valid: need the path"),
     (["name=${nope}"], r"name=\$\{nope\}: the interpolation cannot be resolved \(Interpolation key 'nope'"),
+    (["task=gaussian_blur", f"{OPERATOR}.kernel_size=5", f"{OPERATOR}.intensity=9223372036854775808"],
+     rf"{OPERATOR}.intensity=9223372036854775808 is not valid: need a finite number in \(0, 4096\]"),
+    ([f"+{OPERATOR}.noise=poisson", f"+{OPERATOR}.rate=1e300"], rf"{OPERATOR}.rate=1e\+300 is not valid"),
+    ([f"{OPERATOR}.resolution=32"], rf"{OPERATOR}.resolution=32 is not valid: the images are data.resolution=16"),
+    (["+typo_key=1"], r"unknown setting typo_key=1: valid top-level keys: .*"),
+    (["+num_run=1"], r"unknown setting num_run=1: .*did you mean 'num_runs'\?"),
+    (["model.color_basis=[[1,0,0],[1,0,0],[0,0,1]]"], r"model.color_basis=.* need an invertible 3x3 matrix"),
+    (["model.color_basis=[[0,0,0],[0,0,0],[0,0,0]]"], r"model.color_basis=.* this one is singular"),
+    (["task=inpainting_rand", f"{OPERATOR}.mask_prob_range=[0.5,1.0]"],
+     rf"{OPERATOR}.mask_prob_range=\[0.5, 1.0\] is not valid: removes every pixel"),
+    (["model.mean=[0,0,0,0]"], r"^model.mean=\[0, 0, 0, 0\] is not valid: need 3 finite numbers"),
+    (["save_dir=/"], r"save_dir='/' is not valid: the filesystem root"),
+    ([f"task.{GROUP}.mcmc_sampler_config.lr=1e300"], rf"diverges \(NaN/inf\) at its first step.*task.{GROUP}."
+                                                      r"mcmc_sampler_config.lr=1e\+300"),
+    (["model.variance=[1e300,1e300,1e300]"], r"diverges .* first step.*model.variance=\[1e\+300"),
+    (["model.mean=[1e300,0,0]"], r"diverges .* first step.*model.mean=\[1e\+300"),
+    (["model.alpha=[300,300,300]"], r"diverges .* first step.*model.alpha=\[300"),
 ])
 def test_bad_values_stop_before_sampling_naming_the_key(tmp_path, overrides, message):
     with pytest.raises(ConfigError, match=message):
         run_cli(tmp_path, overrides)
+    assert not (tmp_path / "run").exists()
+
+
+#: the tiny settings without the DAPS step counts, for the other samplers
+OTHER_SAMPLER = [o for o in TINY if not o.startswith("sampler.")]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["sampler=dps", "sampler.num_steps=4", "sampler.timestep_respacing=[[0.1]]"],
+     r"sampler.timestep_respacing=\[\[0.1\]\] is not valid: null, an integer step count"),
+    (["sampler=dps", "sampler.num_steps=4", "sampler.timestep_respacing=[0.5,2]"], r"sampler.timestep_respacing="),
+    (["sampler=mmps", "sampler.num_steps=4", "sampler.sigma_max=1e308"],
+     r"sampler.sigma_max=1e\+308 is not valid: need a finite number in \(0, 1e\+06\]"),
+    (["sampler=dps", "sampler.num_steps=4", f"task.{GROUP}.dps.scale=1e300"],
+     rf"sampler 'dps' diverges \(NaN/inf\) at its first step.*(task.{GROUP}.dps.scale|sampler.scale)=1e\+300"),
+])
+def test_other_samplers_bad_values_stop_before_sampling_naming_the_key(tmp_path, overrides, message):
+    cfg = compose_config([*OTHER_SAMPLER, f"save_dir={tmp_path}", "name=run", *overrides])
+    with pytest.raises(ConfigError, match=message):
+        job.run(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -123,3 +161,21 @@ def test_cli_disk_full_at_start_exits_4(tmp_path):
         subprocess.run(["umount", str(full)], check=True)
     assert done.returncode == 4 and "the disk is full" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_unknown_keys_are_marked_for_our_key_check_with_or_without_plus():
+    argv = ["p.py", "sampler.annealing_scheduler_config.num_step=10", "seed=1", "num_run=3", "-m", "+x=1",
+            "hydra.job.chdir=false", "hydra/launcher=basic"]
+    assert compose.prepare_argv(argv) == ["p.py", "+sampler.annealing_scheduler_config.num_step=10", "seed=1",
+                                          "+num_run=3", *argv[4:]]
+    swept_groups = ["p.py", "sampler=dps,mmps", "sampler.foo=1"]  # the key set differs per job: left to Hydra
+    assert compose.prepare_argv(swept_groups) == swept_groups
+
+
+@pytest.mark.parametrize("plus", ["", "+"])
+def test_a_misspelled_key_gets_our_message_and_exit_2_with_or_without_plus(tmp_path, plus):
+    typo = f"{plus}sampler.annealing_scheduler_config.num_step=10"
+    done = subprocess.run([*CLI, f"save_dir={tmp_path}", typo], env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "sampler.annealing_scheduler_config.num_step=10" in done.stderr and "did you mean 'num_steps'?" in done.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -24,11 +24,11 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
 
 from common.errors import ConfigError
-from common.run import job
+from common.run import experiment, job
 from tests.helpers.cli import TINY, compose_config
 
 SEED = 20261201
-CASES = 200
+CASES = 300
 #: the tiny settings without the DAPS step counts (samplers get their own below)
 TINY_COMMON = [o for o in TINY if not o.startswith("sampler.")] + ["wandb_mode=disabled"]
 DAPS_STEPS = [o for o in TINY if o.startswith("sampler.")]
@@ -41,9 +41,18 @@ GROUP_OPTIONS = [[*DAPS_STEPS], ["model=gmm", *DAPS_STEPS], ["task=inpainting_ra
                  ["task=phase_retrieval", *DAPS_STEPS], ["task=inpainting", *DAPS_STEPS],
                  ["sampler=edm_daps", *DAPS_STEPS], ["sampler=dps", "sampler.num_steps=4"],
                  ["data=measurements", *DAPS_STEPS], ["data=demo-ffhq", "data.id_list=null", *DAPS_STEPS],
-                 ["model=ffhq256ddpm", *DAPS_STEPS]]
+                 ["model=ffhq256ddpm", *DAPS_STEPS],
+                 # every other pixel-space sampler (a few steps) and the remaining operators, so their keys are
+                 # fuzzed too (the latent ones, psld and resample, need a latent model: not offline)
+                 *([f"sampler={name}", "sampler.num_steps=3"]
+                   for name in ("ddnm", "ddrm", "diffpir", "mmps", "pigdm", "reddiff")),
+                 ["sampler=dps", "sampler.num_steps=4", "task=inpainting_rand"],
+                 ["sampler=diffpir", "sampler.num_steps=3", "task=phase_retrieval"],
+                 ["sampler=mmps", "sampler.num_steps=3", "task=gaussian_blur", f"task.{TASK_GROUP}.operator.kernel_size=5"],
+                 [*DAPS_STEPS, f"+task.{TASK_GROUP}.operator.noise=poisson", f"+task.{TASK_GROUP}.operator.rate=1.0"]]
 HOSTILE_VALUES: list[Any] = [
-    None, True, False, 0, -1, -7, 1.5, -2.5, 10 ** 12, 1e308, math.nan, math.inf, -math.inf, "", " ", "abc", "0",
+    None, True, False, 0, -1, -7, 1.5, -2.5, 10 ** 12, 2 ** 63, 1e300, 1e308, math.nan, math.inf, -math.inf, "", " ",
+    "abc", "0", [[0.1]], [0, 0, 0, 0], [[1, 0, 0], [1, 0, 0], [0, 0, 1]], [1.0, 1.0],
     "true", "no", "日本語", "é" * 300, "../../fuzz_escape", "/abs/fuzz", "/dev/null", "/proc/nope", "a\nb", "${nope}",
     [], [0.5], [1, 2, 3], [math.nan, 1.0], ["psnr", "psnr"], {"a": 1}, {},
 ]
@@ -54,7 +63,16 @@ class Built(Exception):
     """Raised in place of sampling: the config was validated and every object built."""
 
 
-def stop_before_sampling(*args: Any, **kwargs: Any) -> None:
+class NonFiniteAccepted(AssertionError):
+    """An accepted config whose first sampler step is already NaN/inf: a non-finite product accepted silently."""
+
+
+def stop_before_sampling(dataset, operator, model, sampler, *args: Any, **kwargs: Any) -> None:
+    """In place of the experiment loop: an accepted config must give a finite first step (checked here on its own),
+    then sampling stops."""
+    if experiment.first_step_diverges(dataset, operator, model, sampler, kwargs["inputs"], seed=kwargs["seed"],
+                                      device=kwargs["device"]):
+        raise NonFiniteAccepted("accepted, but the first sampler step is already non-finite")
     raise Built
 
 
@@ -150,6 +168,10 @@ def bases(tmp_path_factory) -> list[tuple[str, DictConfig, list[tuple[str, str]]
             out.append((label, cfg, pairs, fuzz_keys(resolved, pairs) + UNKNOWN_KEYS))
     patch.undo()
     assert out and out[0][0] == "default", "the default config must build at the tiny settings"
+    built = " ".join(label for label, *_ in out)
+    missing = [option for option in GROUP_OPTIONS if " ".join(o for o in option if o.startswith(("sampler=", "task=")))
+               not in built]
+    assert not missing, f"bases that no longer build at the tiny settings: {missing}"
     return out
 
 

@@ -1,18 +1,25 @@
 """Measurements without ground truth (``data=measurements``): files in, samples, residual and uncertainty out."""
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from PIL import Image
 
+from common.config.compose import check_task_group_overrides
 from common.data.datasets import build_dataset
 from common.data.operator_state import StatePlan
 from common.operators import build_operator, stack_states
 from common.random import make_generator
 from common.results.run_dir import to_pil
-from tests.helpers.cli import run_cli
+from common.run import job
+from tests.helpers.cli import compose_config, run_cli
 from tests.helpers.evaluation import TensorImages, exact_daps, prior_images, run, small_prior
+from tests.helpers.fixtures import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 SIGMA = 0.05
@@ -93,3 +100,43 @@ def test_cli_measurement_run_on_a_ground_truth_run(tmp_path):
     for path in sorted((truth / "samples").iterdir()):
         assert path.read_bytes() == (blind / "samples" / path.name).read_bytes()
     assert json.loads((blind / "metrics.json").read_text())["summary"] == {}
+
+
+class ReachedSampling(Exception):
+    """Raised in place of the experiment loop: the run was accepted."""
+
+
+def stop_at_sampling(*args, **kwargs) -> None:
+    raise ReachedSampling
+
+
+def readme_example() -> str:
+    """The README's worked example of restoring from measurements alone (the fenced block that ends in name=restore)."""
+    text = (REPO / "README.md").read_text()
+    return next(block for block in text.split("```bash\n")[1:] if "name=restore" in block.split("```")[0]) \
+        .split("```")[0]
+
+
+def test_the_readme_restore_example_runs_as_written(tmp_path, monkeypatch):
+    """Each command of the README block, as written, on the default demo model (only save_dir and fewer steps
+    added; the restore command is checked up to sampling): its operator-state key fits the demo's task group."""
+    block = readme_example()
+    commands = [line.replace("\\\n", " ") for line in block.replace("\\\n    ", " ").splitlines()
+                if line.startswith("python posterior_sample.py")]
+    fast = ["sampler.annealing_scheduler_config.num_steps=2", "task.gaussian.mcmc_sampler_config.num_steps=2",
+            "show_progress=false", "save_traj=false", "eval_fn_list=[psnr]"]
+    blur_args = commands[0].split("#")[0].split()[2:]
+    blur_cfg = compose_config([*blur_args, *fast, f"save_dir={tmp_path / 'results'}"])
+    assert job.run(blur_cfg, tmp_path / "results" / "blur") == 0
+    script = block.split("<<'PY'\n")[1].split("\nPY\n")[0]
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(job, "run_experiment", stop_at_sampling)
+    restore_args = commands[1].split("#")[0].split()[2:]
+    restore_cfg = compose_config([*restore_args, *fast, f"save_dir={tmp_path / 'results'}"])
+    # the command line's overrides are checked against the selected task group (Hydra passes them to the job)
+    check_task_group_overrides(restore_args, restore_cfg.task_group, OmegaConf.to_container(restore_cfg.task))
+    with pytest.raises(ReachedSampling):  # validated, built, dry-stepped and handed to the loop
+        job.run(restore_cfg, tmp_path / "results" / "restore")

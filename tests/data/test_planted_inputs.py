@@ -83,7 +83,35 @@ IMAGE_PLANTS: dict[str, tuple[Callable[[Path], object], str]] = {
     "directory": (lambda p: p.mkdir(), "a directory"),
     "fifo": (lambda p: os.mkfifo(p), r"a FIFO \(named pipe\)"),
     "dev_zero": (lambda p: p.symlink_to("/dev/zero"), "a device file"),
+    "nan_tiff": (lambda p: float_tiff(p, np.full((8, 8), np.nan, np.float32)), "a float image holding NaN"),
+    "float_tiff_0_255": (lambda p: float_tiff(p, np.full((8, 8), 200.0, np.float32)),
+                         r"a float image with values in \[200, 200\]: float images are read as intensities in"),
+    "int32_tiff": (lambda p: Image.fromarray(np.full((8, 8), 70000, np.int32)).save(p, format="TIFF"),
+                   "a 32-bit integer image: its value range is unknown"),
 }
+
+
+def float_tiff(path: Path, values: np.ndarray) -> None:
+    """A 32-bit float TIFF (PIL mode F) of ``values``, at ``path`` whatever its suffix."""
+    Image.fromarray(values, mode="F").save(path, format="TIFF")
+
+
+def test_a_float_tiff_in_0_1_reads_as_the_image_it_holds(tmp_path):
+    """A float32 TIFF in [0, 1] is read by its real range, not clipped to black by an 8-bit conversion."""
+    gray = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    float_tiff(tmp_path / "a.tif", gray)
+    Image.fromarray((gray * 255).round().astype(np.uint8)).save(tmp_path / "b.png")
+    dataset = build_dataset("image", root=str(tmp_path), resolution=8, end_id=2)
+    (_, as_float), (_, as_bytes) = dataset[0], dataset[1]
+    assert as_float.mean() > -0.1 and (as_float - as_bytes).abs().max() < 2 / 255 + 1e-6
+
+
+def huge_npy_header(path: Path) -> None:
+    """A .npy whose header claims (100000, 100000, 100) float32 values (3.6 TiB) followed by a few bytes."""
+    with open(path, "wb") as handle:
+        np.lib.format.write_array_header_1_0(handle, {"descr": "<f4", "fortran_order": False,
+                                                     "shape": (100_000, 100_000, 100)})
+        handle.write(b"\0" * 64)
 
 
 @pytest.mark.parametrize("kind", sorted(IMAGE_PLANTS))
@@ -168,6 +196,8 @@ PT_PLANTS: dict[str, tuple[Callable[[Path], object], str]] = {
     "meta": (lambda p: torch.save(torch.zeros(3, 8, 8, device="meta"), p), "y is a meta tensor"),
     "sparse": (lambda p: torch.save(torch.zeros(3, 8, 8).to_sparse(), p), "y is a sparse_coo tensor"),
     "nan": (lambda p: torch.save(torch.full((3, 8, 8), float("nan")), p), "y holds NaN or infinite values"),
+    "bool": (lambda p: torch.save(torch.ones(3, 8, 8, dtype=torch.bool), p), "y is a boolean tensor"),
+    "absurd": (lambda p: torch.save(torch.full((3, 8, 8), 1e30), p), r"y has values up to 1e\+30"),
     "directory": (lambda p: p.mkdir(), "a directory"),
     "fifo": (lambda p: os.mkfifo(p), "FIFO"),
 }
@@ -178,6 +208,9 @@ NPY_PLANTS: dict[str, tuple[Callable[[Path], object], str]] = {
                   "not a complete .npy file"),
     "strings": (lambda p: np.save(p, np.array(["a", "b"])), "not real numbers"),
     "inf": (lambda p: np.save(p, np.full((3, 8, 8), np.inf)), "NaN or infinite"),
+    "bool": (lambda p: np.save(p, np.ones((3, 8, 8), bool)), "not real numbers"),
+    "absurd": (lambda p: np.save(p, np.full((3, 8, 8), 1e30)), r"y has values up to 1e\+30"),
+    "huge_header": (huge_npy_header, r"its header claims an array of shape \(100000, 100000, 100\)"),
 }
 
 

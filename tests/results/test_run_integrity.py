@@ -106,6 +106,28 @@ def test_a_replaced_input_image_is_refused_naming_it(tmp_path):
     assert code == 0
 
 
+def test_an_image_replaced_during_the_run_stops_it_naming_the_file(tmp_path, monkeypatch):
+    """The swap happens after the fingerprints are taken and before the image is read for sampling: the run stops
+    naming the file, and no sample of the new content is recorded under the old fingerprint."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for name in ("a.png", "b.png"):
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / name)
+    expect = RunDirectory.expect
+
+    def swap_after_fingerprinting(self, *args, **kwargs):
+        expect(self, *args, **kwargs)
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(folder / "b.png")
+
+    monkeypatch.setattr(RunDirectory, "expect", swap_after_fingerprinting)
+    data = ["data=demo-ffhq", f"data.root={folder}", "data.id_list=null", "batch_size=2"]
+    with pytest.raises(ConfigError, match=r"input b\.png \(image 1\) changed while the run was going"):
+        run_cli(tmp_path, [*QUICK, *data])
+    records = tmp_path / "run" / "records"
+    assert not records.exists() or not list(records.glob("00001_*.json"))
+
+
 def test_more_images_and_runs_extend_a_finished_run(tmp_path, capsys):
     _, run_dir = run_cli(tmp_path, [*QUICK, "num_runs=2", "data.end_id=1"])
     first = mtimes(run_dir)
@@ -249,6 +271,48 @@ def test_a_run_refused_after_locking_leaves_no_folder(tmp_path):
     with pytest.raises(ConfigError, match="state.pt"):
         run_cli(tmp_path, [*QUICK, f"task.{GROUP}.operator.state={state}"])
     assert not (tmp_path / "run").exists()
+
+
+def test_overwrite_with_a_bad_input_keeps_the_old_results_in_place(tmp_path):
+    """overwrite=true moves the old folder aside only once every input is known good: a bad state file is refused
+    naming its key, and the previous results stay under the run's name."""
+    code, run_dir = run_cli(tmp_path, QUICK)
+    before = folder_bytes(run_dir)
+    state = tmp_path / "state.pt"
+    torch.save({"kernel": torch.ones(3)}, state)
+    with pytest.raises(ConfigError, match=rf"task\.{GROUP}\.operator\.state='{state}' is not valid: .*does not fit"):
+        run_cli(tmp_path, [*QUICK, "overwrite=true", f"task.{GROUP}.operator.state={state}"])
+    assert code == 0 and folder_bytes(run_dir) == before
+    assert not list(tmp_path.glob("run.old-*"))
+
+
+def test_a_state_file_that_is_no_tensor_file_is_refused_naming_the_key(tmp_path):
+    state = tmp_path / "passwd"
+    state.write_text("root:x:0:0:root:/root:/bin/bash\n")
+    with pytest.raises(ConfigError, match=rf"^task\.{GROUP}\.operator\.state='{state}' is not valid: .*not a "):
+        run_cli(tmp_path, [*QUICK, f"task.{GROUP}.operator.state={state}"])
+
+
+@pytest.mark.parametrize("kind", ["symlink", "directory", "fifo"])
+def test_a_lock_that_is_no_regular_file_is_refused_and_never_followed(tmp_path, kind):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    lock = run_dir / "run.lock"
+    {"symlink": lambda: lock.symlink_to(target), "directory": lock.mkdir, "fifo": lambda: os.mkfifo(lock)}[kind]()
+    with pytest.raises(ConfigError, match=r"'run\.lock' is a (symbolic link|folder|FIFO)"):
+        run_cli(tmp_path, QUICK)
+    assert target.read_text() == "keep me" and not (run_dir / "records").exists()
+    with pytest.raises(RunDirectoryError, match=r"lock file .* is a (symbolic link|folder|FIFO)"):
+        RunDirectory(run_dir)._acquire()  # the lock itself refuses too (a link planted after the layout check)
+
+
+def test_an_entry_of_the_wrong_kind_in_the_run_folder_is_refused_by_name(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "samples").write_text("not a folder")
+    with pytest.raises(ConfigError, match=r"'samples' is a regular file, not a folder"):
+        run_cli(tmp_path, QUICK)
 
 
 def test_empty_folders_hydra_made_are_removed_below_save_dir(tmp_path):

@@ -15,8 +15,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from PIL import Image
 
 from tests.helpers.fixtures import REPO
 
@@ -174,3 +176,56 @@ def test_jobs_are_named_by_their_swept_values(tmp_path):
     job = ["task=down_sampling", "seed=2", "data.end_id=1", "+foo=b"]
     assert brief_name(job, swept_keys(tmp_path)) == "task=down_sampling,seed=2,+foo=b"
     assert swept_keys(tmp_path / "missing") == set() and brief_name(job, set()) == ",".join(job)
+
+
+#: posterior_sample.py run as the command line does, with SIGTERM sent to itself while job #0 resolves its config
+SIGNAL_DURING_SETUP = """
+import os, runpy, signal, sys
+import common.run.job as job
+resolve = job.resolve_config
+def resolve_after_a_signal(cfg):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return resolve(cfg)
+job.resolve_config = resolve_after_a_signal
+sys.argv = ["posterior_sample.py", *sys.argv[1:]]
+runpy.run_path("posterior_sample.py", run_name="__main__")
+"""
+
+
+def test_a_signal_while_a_job_resolves_its_config_stops_the_sweep_cleanly(tmp_path):
+    result = hydra_run("-c", SIGNAL_DURING_SETUP, "-m", *TINY, f"save_dir={tmp_path}", "seed=1,2")
+    assert result.returncode == 130, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert "sweep summary: 0 of 1 job(s) ok, 1 failed" in result.stderr
+    assert "#0 failed (exit 130)" in result.stderr and "interrupted: the sweep stopped in job #0" in result.stderr
+
+
+def test_job_folders_stay_inside_the_sweep_folder_whatever_the_values(tmp_path):
+    """A swept value holding ``../`` (or odd characters) names a folder inside the sweep folder, hashed so that values
+    stay distinct, and the summary names that folder; plain values keep their readable names."""
+    from common.config.resolvers import job_folder
+    assert job_folder("seed=1,task=inpainting") == "seed=1,task=inpainting"
+    escape = job_folder("data.root=../../../../elsewhere/imgs")
+    assert "/" not in escape and escape.startswith("data.root=.._.._.._.._elsewhere_imgs-")
+    assert job_folder("name=a/b") != job_folder("name=a_b") and len(job_folder("x=" + "y" * 500)) == 255
+    images = tmp_path / "imgs"
+    images.mkdir()
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(images / "a.png")
+    save_dir = tmp_path / "save" / "dir"
+    result = hydra_run("posterior_sample.py", "-m", *TINY, f"save_dir={save_dir}", "data=demo-ffhq",
+                       "data.id_list=null", f"data.root={os.path.relpath(images, REPO)}", "seed=1,2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p.parent for p in tmp_path.rglob("metrics.json"))
+    assert len(runs) == 2 and all(run.parent == save_dir / "demo" for run in runs), runs
+    assert f"[folder {runs[0].name}]" in result.stdout or f"[folder {runs[0].name}]" in result.stderr
+
+
+def test_a_sweep_goes_beside_an_earlier_single_run_of_the_same_name(tmp_path):
+    single = hydra_run("posterior_sample.py", *TINY, f"save_dir={tmp_path}")
+    assert single.returncode == 0, single.stderr[-3000:]
+    before = sorted(p.name for p in (tmp_path / "demo").iterdir())
+    result = hydra_run("posterior_sample.py", "-m", *TINY, f"save_dir={tmp_path}", "seed=1,2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"this sweep's job folders go beside it, under {tmp_path}/demo.sweep" in result.stdout
+    assert sorted(p.name for p in (tmp_path / "demo").iterdir()) == before
+    assert len(list((tmp_path / "demo.sweep").glob("*/metrics.json"))) == 2
