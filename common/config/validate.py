@@ -25,7 +25,7 @@ BOOLEAN_KEYS = ("save_samples", "save_traj", "save_traj_video", "show_progress",
                 "compile", "channels_last", "wandb")
 #: every top-level key of the experiment config (configs/config.yaml and its groups); anything else is a typo
 TOP_LEVEL_KEYS = ("data", "model", "task", "sampler", "task_group", "gpu", "batch_size", "num_runs", "save_dir",
-                  "name", "seed", "eval_fn_list", "trajectory_points", "compile_mode", "project_name",
+                  "name", "seed", "eval_fn_list", "trajectory_points", "trajectory_images", "compile_mode", "project_name",
                   "wandb_entity", "wandb_mode", *BOOLEAN_KEYS)
 #: the most posterior samples per image one run folder takes (each is a PNG, a record and a sampler call)
 MAX_NUM_RUNS = 10_000

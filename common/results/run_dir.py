@@ -171,7 +171,8 @@ class RunDirectory:
         """Hold the folder for the block: an exclusive ``fcntl.flock`` on ``run.lock`` (the folder is created
         here). Another holder: :class:`RunDirectoryError` naming its pid. When the block raises one of
         ``discard_if_new_on`` (a refusal) and the folder is new (it was absent or empty, or was started over),
-        it is removed again."""
+        it is removed again, unless samples were finished meanwhile (a refusal found mid-run, such as an input image
+        replaced during sampling, keeps every finished result)."""
         self._new = not self.root.is_dir() or not any(self.root.iterdir())
         self.root.mkdir(parents=True, exist_ok=True)
         odd = self.layout_problems()
@@ -182,7 +183,7 @@ class RunDirectory:
         try:
             yield
         except discard_if_new_on:
-            if self._new:
+            if self._new and not any((self.root / "records").glob("*.json")):
                 shutil.rmtree(self.root, ignore_errors=True)
             raise
         finally:
