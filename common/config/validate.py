@@ -14,6 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+import common.data.datasets  # noqa: F401  (registers DATASETS, whose names are checked here)
+import common.operators  # noqa: F401  (registers OPERATORS and NOISES)
 from common.errors import MAX_RESOLUTION
 from common.evaluation.metrics import METRIC_NAMES
 from common.models.acceleration import COMPILE_MODES
