@@ -6,7 +6,8 @@ k is drawn per image from that image's generator by :func:`~common.operators.mot
 The blur is the reflect-padded correlation of :mod:`~common.operators.convolution` (padding k//2, no kernel
 flip): ``method: fast`` (the default) by the FFT where that is cheaper (a 61×61 kernel at any resolution, drawn or
 loaded), ``method: direct`` the reference's dense correlation. The adjoint is autograd's VJP. A random kernel
-is not separable: there is no closed-form SVD, and A⁺ and the proximal map are the conjugate-gradient solves of :class:`~common.operators.base.LinearOperator`.
+is not separable: there is no closed-form SVD, and A⁺ and the proximal map are the conjugate-gradient solves of
+:class:`~common.operators.base.LinearOperator`.
 """
 from __future__ import annotations
 
