@@ -22,8 +22,8 @@ from common.random import make_generator
 F32 = dict(atol=1e-5, rtol=0)
 F64 = dict(atol=1e-10, rtol=1e-10)
 
-#: (task, method) -> tiny float64 settings that take the path named: the direct correlation, the FFT (a 15×15 kernel
-#: on 16 px: fft_pays), the banded product in several blocks (MIN_BAND_BLOCK lowered by the fixture below)
+#: tiny float64 settings that take the path named: the direct correlation, the FFT (a 15×15 kernel on 16 px: fft_pays;
+#: one sample per chunk with the fixture below), the banded product (in several blocks with the fixture below)
 PATHS = {
     "direct gaussian": dict(name="gaussian_blur", resolution=12, kernel_size=5, intensity=1.0, method="direct"),
     "banded gaussian": dict(name="gaussian_blur", resolution=12, kernel_size=5, intensity=1.0, method="fast"),
@@ -33,9 +33,11 @@ PATHS = {
 
 
 @pytest.fixture
-def small_blocks(monkeypatch):
-    """Blocks of max(2, 2r) rows, so that a 12-px image is cut into several (the 64-row minimum would take one)."""
+def small_pieces(monkeypatch):
+    """Banded blocks of max(2, 2r) rows, so that a 12-px image is cut into several (the 64-row minimum would take
+    one), and FFT chunks of one sample (tiny images would go through in one chunk)."""
     monkeypatch.setattr(convolution, "MIN_BAND_BLOCK", 2)
+    monkeypatch.setattr(convolution, "FFT_CHUNK_BYTES", 1)
 
 
 def path_operator(path: str, batch: int = 2) -> LinearOperator:
@@ -63,7 +65,7 @@ def test_paths_are_the_ones_named():
     assert build_operator("gaussian_blur", resolution=256).band == 12
 
 
-@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.usefixtures("small_pieces")
 @pytest.mark.parametrize("path", list(PATHS))
 def test_adjoint_identity(path):
     """⟨A x, y⟩ = ⟨x, Aᵀ y⟩ with Aᵀ the VJP (per-sample kernels for motion blur, batch of 2)."""
@@ -74,7 +76,7 @@ def test_adjoint_identity(path):
     torch.testing.assert_close(inner(op(x), y), inner(x, op.adjoint(y)), **F64)
 
 
-@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.usefixtures("small_pieces")
 @pytest.mark.parametrize("path", list(PATHS))
 def test_gradcheck(path):
     op = path_operator(path, batch=1)
@@ -82,7 +84,7 @@ def test_gradcheck(path):
     assert torch.autograd.gradcheck(op, (x,), eps=1e-6, atol=1e-8)
 
 
-@pytest.mark.usefixtures("small_blocks")
+@pytest.mark.usefixtures("small_pieces")
 def test_banded_adjoint_is_m_transpose_and_twice_differentiable():
     """The banded product's VJP is Mᵀ G M; its own VJP (a double backward) is M X Mᵀ again."""
     matrix = reflect_correlation_matrix(randn(7, seed=4), 12)
@@ -95,9 +97,12 @@ def test_banded_adjoint_is_m_transpose_and_twice_differentiable():
     assert torch.autograd.gradgradcheck(lambda z: banded_sandwich(z, matrix, 3), (x,), atol=1e-8)
 
 
+@pytest.mark.parametrize("chunk_bytes", [1, convolution.FFT_CHUNK_BYTES])
 @pytest.mark.parametrize("size, kernel_size, batch", [(16, 15, 1), (16, 15, 2), (20, 9, 3), (64, 61, 2), (9, 3, 2)])
-def test_fft_equals_direct_on_random_kernels_float64(size, kernel_size, batch):
-    """Random (not normalised, signed) kernels, shared by the batch and one per sample."""
+def test_fft_equals_direct_on_random_kernels_float64(monkeypatch, chunk_bytes, size, kernel_size, batch):
+    """Random (not normalised, signed) kernels, shared by the batch and one per sample, in one chunk or one per
+    sample."""
+    monkeypatch.setattr(convolution, "FFT_CHUNK_BYTES", chunk_bytes)
     x = randn(batch, 3, size, size, seed=7)
     for kernel in (randn(kernel_size, kernel_size, seed=8), randn(batch, kernel_size, kernel_size, seed=9)):
         torch.testing.assert_close(reflect_correlate_fft(x, kernel), reflect_correlate(x, kernel), **F64)
