@@ -4,6 +4,8 @@ r"""Throughput benchmark: ``python -m commands.benchmark`` (one row per register
     python -m commands.benchmark --quick              # tiny models, two timed steps, one repeat
     python -m commands.benchmark --device cuda --batch-sizes 1,10,100 --variants fp32,bf16+channels_last+compile
     python -m commands.benchmark --samplers edm_daps,dps
+    python -m commands.benchmark --operators          # operator rows: forward + VJP per task, 64 and 256 px
+    python -m commands.benchmark --operators --tasks down_sampling,gaussian_blur --methods fast,direct
 
 Cases: every sampler registered in ``common.registry.SAMPLERS`` that has a ``configs/sampler/<name>.yaml``, with
 no code of its own here: its settings are the real config composed as a run composes it (``sampler=<name>``,
@@ -31,7 +33,21 @@ callback, called once per outer step, stops it; ``--steps`` sets k, by default t
 The peak is the dense tensor-core datasheet figure (fp32 → TF32, which cuDNN uses for convolutions by default;
 ``--peak-tflops`` for other devices). A multiply–add counts 2 FLOPs: the ffhq256ddpm UNet costs 388 GFLOP per
 256² forward pass; DPS's backward pass to the input costs about one more forward (no weight gradients).
-Peak memory is ``torch.cuda.max_memory_allocated`` (weights included) on CUDA, the process's peak RSS on CPU.
+Peak memory is each row's own (timed runs, after the warm-up): ``torch.cuda.max_memory_allocated`` (weights
+included) on CUDA, reset per row; on a CPU the process's peak resident set size during the row (its high-water
+mark, reset per row through ``/proc/self/clear_refs``), which includes the interpreter, the libraries and the
+weights (0.6 GB of it is the process before any row, on our CPU test machine) and memory the allocator kept from earlier rows. Where the
+mark cannot be reset (not Linux) the column is the running maximum and the table says so.
+
+Operator rows (``--operators``, instead of the sampler table): every task config's operator (``configs/task/*.yaml``,
+as a run composes it at ``--resolutions``, default 64 and 256 px) on random [−1, 1] images with per-image states and
+noisy measurements; one call is ``operator.gradient(x, y)`` on a batch (forward, residual and VJP: the operator work
+of one DAPS MCMC step, or of one DPS step), timed in ``--repeats`` runs (default 5) of enough calls for 0.2 s, after
+two untimed calls (a warm-up, and one that sizes the runs). The table gives ms per call (median [min, max]), ms per image, the ratio to :data:`BASELINE_TASK`
+at the same size and batch size in the same run (rows are grouped by size and batch size, the baseline first) and the
+peak memory. ``--methods fast,direct`` adds the blurs' reference arithmetic. Tasks whose operator cannot be built
+(nonlinear_blur without its checkpoint) are skipped and listed. Written to ``results/benchmark/<device>-<commit>-
+operators.csv`` and ``.md`` unless ``--out`` says otherwise.
 
 Not timed: building the model, the measurements, the sampler and the generators; timed: ``sampler.sample``,
 bracketed by device synchronisations. GPU runs that hit the 10-minute limit of a session can be split with

@@ -74,23 +74,38 @@ def _spectral_product(tensor: torch.Tensor, spectrum: torch.Tensor, grid: tuple[
     return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
-class _ValidCorrelation(torch.autograd.Function):
-    """P ↦ c = F⁻¹(conj(K̂) · F P) cropped to the output (the valid correlation k ⋆ P of :func:`reflect_correlate_fft`)
-    and its adjoint G ↦ F⁻¹(K̂ · F G) cropped to P's size (the full convolution k ∗ G: with i + u = j, nothing
-    wraps either, as j − i ≥ −(H − 1) > 2r − L_h). K̂ (the kernel's spectrum on the grid) is a constant: no gradient
-    reaches the kernel, which is operator state."""
+def _reflect_pad_adjoint(grad: torch.Tensor, radius: int) -> torch.Tensor:
+    """The adjoint of ``F.pad(·, (r, r, r, r), mode="reflect")``: the centre of ``grad`` plus its borders folded back
+    (pad[r − m] = x[m] and pad[r + n − 1 + m] = x[n − 1 − m] for m = 1…r, on each axis)."""
+    for dim in (-2, -1):
+        size = grad.shape[dim] - 2 * radius
+        core = grad.narrow(dim, radius, size).clone()
+        core.narrow(dim, 1, radius).add_(grad.narrow(dim, 0, radius).flip(dim))
+        core.narrow(dim, size - 1 - radius, radius).add_(grad.narrow(dim, radius + size, radius).flip(dim))
+        grad = core
+    return grad
+
+
+class _ReflectCorrelation(torch.autograd.Function):
+    """x ↦ F⁻¹(conj(K̂) · F P) cropped to x's size, P the reflect-padded x (:func:`reflect_correlate_fft`), and its
+    adjoint G ↦ the reflect padding's adjoint of F⁻¹(K̂ · F G) cropped to P's size (the full convolution k ∗ G: with
+    j = i + u nothing wraps either, as j − i ≥ −(H − 1) > 2r − L_h). K̂, the kernel's spectrum on the grid, is a
+    constant: no gradient reaches the kernel, which is operator state."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, padded: torch.Tensor, spectrum: torch.Tensor,
-                grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, spectrum: torch.Tensor, radius: int,
+                grid: tuple[int, int]) -> torch.Tensor:
         ctx.save_for_backward(spectrum)
-        ctx.grid, ctx.padded_size = grid, tuple(padded.shape[-2:])
-        return _spectral_product(padded, spectrum.conj(), grid, size)
+        ctx.radius, ctx.grid = radius, grid
+        padded = F.pad(x, (radius, radius, radius, radius), mode="reflect")
+        return _spectral_product(padded, spectrum.conj(), grid, tuple(x.shape[-2:]))
 
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (spectrum,) = ctx.saved_tensors
-        return _spectral_product(grad, spectrum, ctx.grid, ctx.padded_size), None, None, None
+        padded_size = (grad.shape[-2] + 2 * ctx.radius, grad.shape[-1] + 2 * ctx.radius)
+        full = _spectral_product(grad, spectrum, ctx.grid, padded_size)
+        return _reflect_pad_adjoint(full, ctx.radius), None, None, None
 
 
 def reflect_correlate_fft(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -104,10 +119,9 @@ def reflect_correlate_fft(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor
     if kernel.dim() == 2:
         kernel = kernel[None]
     radius = kernel.shape[-1] // 2
-    padded = F.pad(x, (radius, radius, radius, radius), mode="reflect")
     grid = (fft_size(height + 2 * radius), fft_size(width + 2 * radius))
     spectrum = torch.fft.rfft2(kernel.detach().to(device=x.device, dtype=x.dtype), s=grid)[:, None]  # (B | 1, 1, ·, ·)
-    return _ValidCorrelation.apply(padded, spectrum, grid, (height, width))
+    return _ReflectCorrelation.apply(x, spectrum, radius, grid)
 
 
 def fft_pays(kernel_size: int, height: int, width: int) -> bool:
@@ -157,6 +171,8 @@ def _band_blocks(size: int, radius: int) -> list[tuple[int, int, int, int]]:
 def _banded_sandwich(x: torch.Tensor, matrix: torch.Tensor, radius: int) -> torch.Tensor:
     """M X Mᵀ over the last two dims, block by block (the forward of :class:`_BandedSandwich`)."""
     blocks = _band_blocks(matrix.shape[0], radius)
+    if len(blocks) == 1:
+        return matrix @ x @ matrix.T
     rows = torch.cat([x[..., lo:hi] @ matrix[first:end, lo:hi].T for first, end, lo, hi in blocks], dim=-1)
     return torch.cat([matrix[first:end, lo:hi] @ rows[..., lo:hi, :] for first, end, lo, hi in blocks], dim=-2)
 
