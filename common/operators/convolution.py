@@ -103,9 +103,24 @@ class _ReflectCorrelation(torch.autograd.Function):
     @staticmethod
     def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (spectrum,) = ctx.saved_tensors
-        padded_size = (grad.shape[-2] + 2 * ctx.radius, grad.shape[-1] + 2 * ctx.radius)
-        full = _spectral_product(grad, spectrum, ctx.grid, padded_size)
-        return _reflect_pad_adjoint(full, ctx.radius), None, None, None
+        return _reflect_convolve(grad, spectrum, ctx.radius, ctx.grid), None, None, None
+
+
+def _fft_plan(kernel: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, int, tuple[int, int]]:
+    """(K̂ (B | 1, 1, L_h, L_w/2 + 1), r, (L_h, L_w)) for images the size of ``like``'s last two dims."""
+    if kernel.dim() == 2:
+        kernel = kernel[None]
+    radius = kernel.shape[-1] // 2
+    grid = (fft_size(like.shape[-2] + 2 * radius), fft_size(like.shape[-1] + 2 * radius))
+    spectrum = torch.fft.rfft2(kernel.detach().to(device=like.device, dtype=like.dtype), s=grid)[:, None]
+    return spectrum, radius, grid
+
+
+def _reflect_convolve(y: torch.Tensor, spectrum: torch.Tensor, radius: int, grid: tuple[int, int]) -> torch.Tensor:
+    """The adjoint of :class:`_ReflectCorrelation`: the reflect padding's adjoint of F⁻¹(K̂ · F y) cropped to the
+    padded size (the full convolution k ∗ y)."""
+    padded_size = (y.shape[-2] + 2 * radius, y.shape[-1] + 2 * radius)
+    return _reflect_pad_adjoint(_spectral_product(y, spectrum, grid, padded_size), radius)
 
 
 def reflect_correlate_fft(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
@@ -115,13 +130,25 @@ def reflect_correlate_fft(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor
     correlation c = F⁻¹(conj(F k) · F P) (k and P zero-padded to the grid) is the linear one wherever nothing
     wraps: c[i, j] = Σ_{u,v} k[u, v] P[i + u, j + v] for i < H, j < W, since i + u ≤ H − 1 + 2r < L_h.
     """
-    height, width = x.shape[-2:]
+    return _ReflectCorrelation.apply(x, *_fft_plan(kernel, x))
+
+
+def reflect_correlate_fft_adjoint(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Aᵀy for :func:`reflect_correlate_fft` (its VJP, without an autograd graph)."""
+    return _reflect_convolve(y, *_fft_plan(kernel, y))
+
+
+def reflect_correlate_adjoint(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Aᵀy for :func:`reflect_correlate`: the full convolution k ∗ y (``conv_transpose2d``, the input gradient of
+    ``conv2d``), folded back by the reflect padding's adjoint."""
+    batch, channels, height, width = y.shape
     if kernel.dim() == 2:
         kernel = kernel[None]
-    radius = kernel.shape[-1] // 2
-    grid = (fft_size(height + 2 * radius), fft_size(width + 2 * radius))
-    spectrum = torch.fft.rfft2(kernel.detach().to(device=x.device, dtype=x.dtype), s=grid)[:, None]  # (B | 1, 1, ·, ·)
-    return _ReflectCorrelation.apply(x, spectrum, radius, grid)
+    size = kernel.shape[-1]
+    kernel = kernel.to(device=y.device, dtype=y.dtype).expand(batch, size, size)
+    weight = kernel.repeat_interleave(channels, dim=0)[:, None]          # (B·C, 1, k, k)
+    full = F.conv_transpose2d(y.reshape(1, batch * channels, height, width), weight, groups=batch * channels)
+    return _reflect_pad_adjoint(full.reshape(batch, channels, *full.shape[-2:]), size // 2)
 
 
 def fft_pays(kernel_size: int, height: int, width: int) -> bool:
@@ -137,6 +164,13 @@ def reflect_correlate_fast(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tenso
     if fft_pays(kernel.shape[-1], *x.shape[-2:]):
         return reflect_correlate_fft(x, kernel)
     return reflect_correlate(x, kernel)
+
+
+def reflect_correlate_fast_adjoint(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Aᵀy for :func:`reflect_correlate_fast`, by the same path."""
+    if fft_pays(kernel.shape[-1], *y.shape[-2:]):
+        return reflect_correlate_fft_adjoint(y, kernel)
+    return reflect_correlate_adjoint(y, kernel)
 
 
 def reflect_correlation_matrix(taps: torch.Tensor, size: int) -> torch.Tensor:
@@ -207,7 +241,9 @@ class ReflectBlur(LinearOperator):
     """y = k ⋆ x + n (reflect padding, correlation); subclasses say where k comes from (:meth:`blur_kernel`).
 
     Checks the resolution, that the odd k×k window fits the image and ``method`` (:data:`METHODS`): ``direct`` is
-    :func:`reflect_correlate`, ``fast`` is :meth:`fast_blur`. The adjoint is autograd's VJP.
+    :func:`reflect_correlate` with autograd's VJP as adjoint (the reference's arithmetic); ``fast`` is
+    :meth:`fast_blur` with the explicit adjoint :meth:`fast_adjoint` (the same VJP, computed without a graph), and
+    :meth:`gradient` then makes one blur and one adjoint.
     """
 
     def __init__(self, noise: NoiseModel, resolution: int, kernel_size: int, method: str) -> None:
@@ -224,10 +260,26 @@ class ReflectBlur(LinearOperator):
         """The blur of ``method: fast``: :func:`reflect_correlate_fast` (subclasses with structure override it)."""
         return reflect_correlate_fast(x, self.blur_kernel())
 
+    def fast_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """The adjoint of :meth:`fast_blur` (subclasses that override one override both)."""
+        return reflect_correlate_fast_adjoint(y, self.blur_kernel())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "direct":
             return reflect_correlate(x, self.blur_kernel())
         return self.fast_blur(x)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Aᵀy: :meth:`fast_adjoint`, or for ``method: direct`` autograd's VJP."""
+        return super().adjoint(y) if self.method == "direct" else self.fast_adjoint(y)
+
+    def gradient(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2 Aᵀ(A x − y), ‖A x − y‖² per sample); ``method: direct`` through autograd as every operator."""
+        if self.method == "direct":
+            return super().gradient(x, y)
+        with torch.no_grad():
+            residual = self.fast_blur(x.detach()) - y
+            return 2 * self.fast_adjoint(residual), residual.pow(2).flatten(1).sum(-1)
 
     def input_shape(self, y: torch.Tensor) -> tuple[int, ...]:
         return tuple(y.shape)

@@ -68,3 +68,7 @@ class GaussianBlur(ReflectBlur, SeparableOperator):
     def fast_blur(self, x: torch.Tensor) -> torch.Tensor:
         """A X = M X Mᵀ through the band of M."""
         return banded_sandwich(x, self.band_matrix, self.band)
+
+    def fast_adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        """Aᵀ Y = Mᵀ Y M (Mᵀ has the same band)."""
+        return banded_sandwich(y, self.band_matrix.T, self.band)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from common.errors import SettingError
-from common.operators import LinearOperator, build_operator, convolution, stack_states
+from common.operators import LinearOperator, Operator, build_operator, convolution, stack_states
 from common.operators.convolution import (METHODS, band_radius, banded_sandwich, fft_pays, reflect_correlate,
                                           reflect_correlate_fast, reflect_correlate_fft, reflect_correlation_matrix)
 from common.operators.gaussian_blur import gaussian_kernel, gaussian_profile
@@ -23,12 +23,14 @@ F32 = dict(atol=1e-5, rtol=0)
 F64 = dict(atol=1e-10, rtol=1e-10)
 
 #: tiny float64 settings that take the path named: the direct correlation, the FFT (a 15×15 kernel on 16 px: fft_pays;
-#: one sample per chunk with the fixture below), the banded product (in several blocks with the fixture below)
+#: one sample per chunk with the fixture below), the banded product (in several blocks with the fixture below), and
+#: ``fast`` on a kernel too small for the FFT (the direct correlation with an explicit adjoint)
 PATHS = {
     "direct gaussian": dict(name="gaussian_blur", resolution=12, kernel_size=5, intensity=1.0, method="direct"),
     "banded gaussian": dict(name="gaussian_blur", resolution=12, kernel_size=5, intensity=1.0, method="fast"),
     "direct motion": dict(name="motion_blur", resolution=16, kernel_size=15, intensity=0.5, method="direct"),
     "fft motion": dict(name="motion_blur", resolution=16, kernel_size=15, intensity=0.5, method="fast"),
+    "small fast motion": dict(name="motion_blur", resolution=8, kernel_size=5, intensity=0.5, method="fast"),
 }
 
 
@@ -57,7 +59,7 @@ def inner(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def test_paths_are_the_ones_named():
-    assert fft_pays(15, 16, 16) and not fft_pays(5, 8, 8)
+    assert fft_pays(15, 16, 16) and not fft_pays(5, 8, 8)           # "fft motion", "small fast motion"
     assert fft_pays(61, 64, 64) and fft_pays(61, 256, 256)         # the tasks' motion kernels take the FFT
     op = build_operator(**PATHS["banded gaussian"])
     assert op.band == 2 and len(convolution._band_blocks(12, op.band)) == 1
@@ -74,6 +76,12 @@ def test_adjoint_identity(path):
     op = path_operator(path)
     x, y = randn(2, 3, op.resolution, op.resolution, seed=1), randn(2, 3, op.resolution, op.resolution, seed=2)
     torch.testing.assert_close(inner(op(x), y), inner(x, op.adjoint(y)), **F64)
+    # the explicit adjoints are autograd's VJP of the forward, and the graph-free gradient the autograd one
+    torch.testing.assert_close(op.adjoint(y), LinearOperator.adjoint(op, y), atol=1e-12, rtol=1e-12)
+    grad, loss = op.gradient(x, y)
+    expected_grad, expected_loss = Operator.gradient(op, x, y)
+    torch.testing.assert_close(grad, expected_grad, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(loss, expected_loss, atol=1e-12, rtol=1e-12)
 
 
 @pytest.mark.usefixtures("small_pieces")
