@@ -12,12 +12,14 @@ carry its own kernel. The output keeps the input size. Three ways compute the sa
 * :func:`banded_sandwich` for a separable kernel k[u, v] = g[u]·g[v]: A X = M X Mᵀ per channel with the 1-D
   matrix M of :func:`reflect_correlation_matrix`, banded (M[i, j] = 0 for |i − j| > r).
 
-Every path is differentiable with the exact adjoint of the map it computes (autograd's VJP; Aᵀ G = Mᵀ G M for
-the banded one).
+Every path is differentiable, its VJP the exact adjoint of the map it computes (the FFT path's: the full convolution
+k ∗ G folded back by the padding's adjoint; the banded one's: Mᵀ G M); the ``*_adjoint`` functions compute the same
+Aᵀ without an autograd graph.
 """
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -39,16 +41,22 @@ FFT_CHUNK_BYTES = 2 ** 21
 MIN_BAND_BLOCK = 64
 
 
-def reflect_correlate(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Blur ``x`` (B, C, H, W) with ``kernel`` (k, k) shared by the batch or (B, k, k) / (1, k, k) per sample."""
-    batch, channels, height, width = x.shape
+def _depthwise_weight(kernel: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """The grouped-convolution weight (B·C, 1, k, k) of ``kernel`` for the batch ``like`` (B, C, H, W)."""
+    batch, channels = like.shape[:2]
     if kernel.dim() == 2:
         kernel = kernel[None]
     size = kernel.shape[-1]
-    pad = size // 2
+    kernel = kernel.to(device=like.device, dtype=like.dtype).expand(batch, size, size)
+    return kernel.repeat_interleave(channels, dim=0)[:, None]
+
+
+def reflect_correlate(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """Blur ``x`` (B, C, H, W) with ``kernel`` (k, k) shared by the batch or (B, k, k) / (1, k, k) per sample."""
+    batch, channels, height, width = x.shape
+    weight = _depthwise_weight(kernel, x)                                  # (B·C, 1, k, k)
+    pad = weight.shape[-1] // 2
     padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    kernel = kernel.to(device=x.device, dtype=x.dtype).expand(batch, size, size)
-    weight = kernel.repeat_interleave(channels, dim=0)[:, None]          # (B·C, 1, k, k)
     out = F.conv2d(padded.reshape(1, batch * channels, *padded.shape[-2:]), weight, groups=batch * channels)
     return out.reshape(batch, channels, height, width)
 
@@ -106,14 +114,22 @@ class _ReflectCorrelation(torch.autograd.Function):
         return _reflect_convolve(grad, spectrum, ctx.radius, ctx.grid), None, None, None
 
 
-def _fft_plan(kernel: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, int, tuple[int, int]]:
-    """(K̂ (B | 1, 1, L_h, L_w/2 + 1), r, (L_h, L_w)) for images the size of ``like``'s last two dims."""
+class FFTPlan(NamedTuple):
+    """What the FFT path needs of a kernel for one image size: K̂ (B | 1, 1, L_h, L_w/2 + 1), r and (L_h, L_w)."""
+
+    spectrum: torch.Tensor
+    radius: int
+    grid: tuple[int, int]
+
+
+def fft_plan(kernel: torch.Tensor, like: torch.Tensor) -> FFTPlan:
+    """The :class:`FFTPlan` of ``kernel`` ((k, k) or (B | 1, k, k)) for images like ``like`` (…, H, W)."""
     if kernel.dim() == 2:
         kernel = kernel[None]
     radius = kernel.shape[-1] // 2
     grid = (fft_size(like.shape[-2] + 2 * radius), fft_size(like.shape[-1] + 2 * radius))
     spectrum = torch.fft.rfft2(kernel.detach().to(device=like.device, dtype=like.dtype), s=grid)[:, None]
-    return spectrum, radius, grid
+    return FFTPlan(spectrum, radius, grid)
 
 
 def _reflect_convolve(y: torch.Tensor, spectrum: torch.Tensor, radius: int, grid: tuple[int, int]) -> torch.Tensor:
@@ -123,32 +139,28 @@ def _reflect_convolve(y: torch.Tensor, spectrum: torch.Tensor, radius: int, grid
     return _reflect_pad_adjoint(_spectral_product(y, spectrum, grid, padded_size), radius)
 
 
-def reflect_correlate_fft(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """:func:`reflect_correlate` by the FFT (same arguments; the kernel gets no gradient).
+def reflect_correlate_fft(x: torch.Tensor, plan: FFTPlan) -> torch.Tensor:
+    """:func:`reflect_correlate` by the FFT, the kernel given by its :func:`fft_plan` (it gets no gradient).
 
     With P the reflect-padded image, (H + 2r) × (W + 2r), and a grid L_h × L_w ≥ that size, the circular
     correlation c = F⁻¹(conj(F k) · F P) (k and P zero-padded to the grid) is the linear one wherever nothing
     wraps: c[i, j] = Σ_{u,v} k[u, v] P[i + u, j + v] for i < H, j < W, since i + u ≤ H − 1 + 2r < L_h.
     """
-    return _ReflectCorrelation.apply(x, *_fft_plan(kernel, x))
+    return _ReflectCorrelation.apply(x, *plan)
 
 
-def reflect_correlate_fft_adjoint(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+def reflect_correlate_fft_adjoint(y: torch.Tensor, plan: FFTPlan) -> torch.Tensor:
     """Aᵀy for :func:`reflect_correlate_fft` (its VJP, without an autograd graph)."""
-    return _reflect_convolve(y, *_fft_plan(kernel, y))
+    return _reflect_convolve(y, *plan)
 
 
 def reflect_correlate_adjoint(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
     """Aᵀy for :func:`reflect_correlate`: the full convolution k ∗ y (``conv_transpose2d``, the input gradient of
     ``conv2d``), folded back by the reflect padding's adjoint."""
     batch, channels, height, width = y.shape
-    if kernel.dim() == 2:
-        kernel = kernel[None]
-    size = kernel.shape[-1]
-    kernel = kernel.to(device=y.device, dtype=y.dtype).expand(batch, size, size)
-    weight = kernel.repeat_interleave(channels, dim=0)[:, None]          # (B·C, 1, k, k)
+    weight = _depthwise_weight(kernel, y)
     full = F.conv_transpose2d(y.reshape(1, batch * channels, height, width), weight, groups=batch * channels)
-    return _reflect_pad_adjoint(full.reshape(batch, channels, *full.shape[-2:]), size // 2)
+    return _reflect_pad_adjoint(full.reshape(batch, channels, *full.shape[-2:]), weight.shape[-1] // 2)
 
 
 def fft_pays(kernel_size: int, height: int, width: int) -> bool:
@@ -157,20 +169,6 @@ def fft_pays(kernel_size: int, height: int, width: int) -> bool:
     radius = kernel_size // 2
     grid = fft_size(height + 2 * radius) * fft_size(width + 2 * radius)
     return kernel_size ** 2 > FFT_CROSSOVER * math.log2(grid)
-
-
-def reflect_correlate_fast(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """:func:`reflect_correlate_fft` where :func:`fft_pays`, else :func:`reflect_correlate` (same arguments)."""
-    if fft_pays(kernel.shape[-1], *x.shape[-2:]):
-        return reflect_correlate_fft(x, kernel)
-    return reflect_correlate(x, kernel)
-
-
-def reflect_correlate_fast_adjoint(y: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Aᵀy for :func:`reflect_correlate_fast`, by the same path."""
-    if fft_pays(kernel.shape[-1], *y.shape[-2:]):
-        return reflect_correlate_fft_adjoint(y, kernel)
-    return reflect_correlate_adjoint(y, kernel)
 
 
 def reflect_correlation_matrix(taps: torch.Tensor, size: int) -> torch.Tensor:
@@ -251,18 +249,34 @@ class ReflectBlur(LinearOperator):
         self.resolution = image_side("resolution", resolution)
         self.kernel_size = odd_kernel_fits(kernel_size, self.resolution)
         self.method = one_of("method", method, METHODS)
+        self._plan: tuple[torch.Tensor, tuple[Any, ...], FFTPlan] | None = None   # (kernel, its key, its plan)
 
     def blur_kernel(self) -> torch.Tensor:  # pragma: no cover - abstract
         """(k, k) shared by the batch, or (B, k, k) per sample."""
         raise NotImplementedError
 
+    def fft_plan(self, kernel: torch.Tensor, like: torch.Tensor) -> FFTPlan | None:
+        """:func:`fft_plan` where :func:`fft_pays`, else None; kept while the same kernel tensor stays installed and
+        unchanged (a DAPS run applies one batch of kernels thousands of times)."""
+        if not fft_pays(kernel.shape[-1], *like.shape[-2:]):
+            return None
+        key = (kernel._version, tuple(like.shape[-2:]), like.dtype, like.device)
+        if self._plan is None or self._plan[0] is not kernel or self._plan[1] != key:
+            self._plan = (kernel, key, fft_plan(kernel, like))
+        return self._plan[2]
+
     def fast_blur(self, x: torch.Tensor) -> torch.Tensor:
-        """The blur of ``method: fast``: :func:`reflect_correlate_fast` (subclasses with structure override it)."""
-        return reflect_correlate_fast(x, self.blur_kernel())
+        """The blur of ``method: fast``: :func:`reflect_correlate_fft` where it pays, else :func:`reflect_correlate`
+        (subclasses with structure override it)."""
+        kernel = self.blur_kernel()
+        plan = self.fft_plan(kernel, x)
+        return reflect_correlate(x, kernel) if plan is None else reflect_correlate_fft(x, plan)
 
     def fast_adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """The adjoint of :meth:`fast_blur` (subclasses that override one override both)."""
-        return reflect_correlate_fast_adjoint(y, self.blur_kernel())
+        """The adjoint of :meth:`fast_blur`, by the same path (subclasses that override one override both)."""
+        kernel = self.blur_kernel()
+        plan = self.fft_plan(kernel, y)
+        return reflect_correlate_adjoint(y, kernel) if plan is None else reflect_correlate_fft_adjoint(y, plan)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "direct":

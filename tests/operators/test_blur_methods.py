@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common.errors import SettingError
 from common.operators import LinearOperator, Operator, build_operator, convolution, stack_states
-from common.operators.convolution import (METHODS, band_radius, banded_sandwich, fft_pays, reflect_correlate,
-                                          reflect_correlate_fast, reflect_correlate_fft, reflect_correlation_matrix)
+from common.operators.convolution import (METHODS, band_radius, banded_sandwich, fft_pays, fft_plan, reflect_correlate,
+                                          reflect_correlate_adjoint, reflect_correlate_fft,
+                                          reflect_correlate_fft_adjoint, reflect_correlation_matrix)
 from common.operators.gaussian_blur import gaussian_kernel, gaussian_profile
 from common.random import make_generator
 
@@ -113,8 +115,9 @@ def test_fft_equals_direct_on_random_kernels_float64(monkeypatch, chunk_bytes, s
     monkeypatch.setattr(convolution, "FFT_CHUNK_BYTES", chunk_bytes)
     x = randn(batch, 3, size, size, seed=7)
     for kernel in (randn(kernel_size, kernel_size, seed=8), randn(batch, kernel_size, kernel_size, seed=9)):
-        torch.testing.assert_close(reflect_correlate_fft(x, kernel), reflect_correlate(x, kernel), **F64)
-        torch.testing.assert_close(reflect_correlate_fast(x, kernel), reflect_correlate(x, kernel), **F64)
+        torch.testing.assert_close(reflect_correlate_fft(x, fft_plan(kernel, x)), reflect_correlate(x, kernel), **F64)
+        torch.testing.assert_close(reflect_correlate_fft_adjoint(x, fft_plan(kernel, x)),
+                                   reflect_correlate_adjoint(x, kernel), **F64)
 
 
 @pytest.mark.parametrize("size, kernel_size, sigma", [(12, 5, 1.0), (64, 61, 3.0), (96, 61, 3.0), (40, 31, 10.0)])
@@ -142,14 +145,33 @@ def test_fast_equals_direct_float32(size):
         torch.testing.assert_close(motion["fast"](x), motion["direct"](x), **F32)
 
 
+def previous_reflect_correlate(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+    """The blur as every operator computed it before ``method`` existed (commit b753b0b), kept as the oracle."""
+    batch, channels, height, width = x.shape
+    if kernel.dim() == 2:
+        kernel = kernel[None]
+    size = kernel.shape[-1]
+    pad = size // 2
+    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
+    kernel = kernel.to(device=x.device, dtype=x.dtype).expand(batch, size, size)
+    weight = kernel.repeat_interleave(channels, dim=0)[:, None]
+    out = F.conv2d(padded.reshape(1, batch * channels, *padded.shape[-2:]), weight, groups=batch * channels)
+    return out.reshape(batch, channels, height, width)
+
+
 @pytest.mark.parametrize("task", ["gaussian_blur", "motion_blur"])
 def test_direct_is_the_previous_arithmetic_bit_for_bit(task):
-    """``method: direct`` runs the unchanged dense correlation (the fixture tests compare it with the reference)."""
+    """``method: direct`` computes exactly what the operators computed before, and its gradient is autograd's (the
+    fixture tests compare it with the reference)."""
     op = build_operator(task, resolution=64, method="direct")
     if task == "motion_blur":
         op.set_state(stack_states([op.draw_state(make_generator(0, i)) for i in range(2)]))
     x = 2 * torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(12)) - 1
-    assert torch.equal(op(x), reflect_correlate(x, op.blur_kernel()))
+    assert torch.equal(op(x), previous_reflect_correlate(x, op.blur_kernel()))
+    y = torch.zeros_like(x)
+    x = x.requires_grad_(True)
+    (expected,) = torch.autograd.grad((previous_reflect_correlate(x, op.blur_kernel()) - y).pow(2).sum(), x)
+    assert torch.equal(op.gradient(x, y)[0], expected)
 
 
 def test_gaussian_fast_path_is_its_svd_map():
@@ -167,3 +189,14 @@ def test_bad_method_is_refused_naming_key_value_and_choices(task):
     with pytest.raises(SettingError, match=r"operator\.method='dense' is not valid: choose one of direct, fast"):
         build_operator(task, resolution=64, method="dense")
     assert build_operator(task, resolution=64).method == "fast"
+
+
+def test_fft_plan_follows_the_installed_kernel():
+    """The kernel spectrum kept between calls is recomputed for a new state and after an in-place change."""
+    op = path_operator("fft motion")
+    x = randn(2, 3, 16, 16, seed=14)
+    torch.testing.assert_close(op(x), reflect_correlate(x, op.state["kernel"]), **F64)
+    op.set_state({"kernel": op.state["kernel"].flip(-1)})
+    torch.testing.assert_close(op(x), reflect_correlate(x, op.state["kernel"]), **F64)
+    op.state["kernel"].mul_(2)
+    torch.testing.assert_close(op(x), reflect_correlate(x, op.state["kernel"]), **F64)
