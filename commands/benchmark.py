@@ -4,6 +4,8 @@ r"""Throughput benchmark: ``python -m commands.benchmark`` (one row per register
     python -m commands.benchmark --quick              # tiny models, two timed steps, one repeat
     python -m commands.benchmark --device cuda --batch-sizes 1,10,100 --variants fp32,bf16+channels_last+compile
     python -m commands.benchmark --samplers edm_daps,dps
+    python -m commands.benchmark --operators          # operator rows: forward + VJP per task, 64 and 256 px
+    python -m commands.benchmark --operators --tasks down_sampling,gaussian_blur --methods fast,direct
 
 Cases: every sampler registered in ``common.registry.SAMPLERS`` that has a ``configs/sampler/<name>.yaml``, with
 no code of its own here: its settings are the real config composed as a run composes it (``sampler=<name>``,
@@ -31,7 +33,21 @@ callback, called once per outer step, stops it; ``--steps`` sets k, by default t
 The peak is the dense tensor-core datasheet figure (fp32 → TF32, which cuDNN uses for convolutions by default;
 ``--peak-tflops`` for other devices). A multiply–add counts 2 FLOPs: the ffhq256ddpm UNet costs 388 GFLOP per
 256² forward pass; DPS's backward pass to the input costs about one more forward (no weight gradients).
-Peak memory is ``torch.cuda.max_memory_allocated`` (weights included) on CUDA, the process's peak RSS on CPU.
+Peak memory is each row's own (timed runs, after the warm-up): ``torch.cuda.max_memory_allocated`` (weights
+included) on CUDA, reset per row; on a CPU the process's peak resident set size during the row (its high-water
+mark, reset per row through ``/proc/self/clear_refs``), which includes the interpreter, the libraries and the
+weights (0.6 GB of it is the process before any row, on our CPU test machine) and memory the allocator kept from
+earlier rows. Where the mark cannot be reset (not Linux) the column is the running maximum and the table says so.
+
+Operator rows (``--operators``, instead of the sampler table): every task config's operator (``configs/task/*.yaml``,
+as a run composes it at ``--resolutions``, default 64 and 256 px) on random [−1, 1] images with per-image states and
+noisy measurements; one call is ``operator.gradient(x, y)`` on a batch (forward, residual and VJP: the operator work
+of one DAPS MCMC step, or of one DPS step), timed in ``--repeats`` runs (default 5) of enough calls for 0.2 s, after
+two untimed calls (a warm-up, and one that sizes the runs). The table gives ms per call (median [min, max]), ms per
+image, the ratio to :data:`BASELINE_TASK` at the same size and batch size in the same run (rows are grouped by size and batch size, the baseline first) and the
+peak memory. ``--methods fast,direct`` adds the blurs' reference arithmetic. Tasks whose operator cannot be built
+(nonlinear_blur without its checkpoint) are skipped and listed. Written to ``results/benchmark/<device>-<commit>-
+operators.csv`` and ``.md`` unless ``--out`` says otherwise.
 
 Not timed: building the model, the measurements, the sampler and the generators; timed: ``sampler.sample``,
 bracketed by device synchronisations. GPU runs that hit the 10-minute limit of a session can be split with
@@ -46,6 +62,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import platform
 import re
 import resource
@@ -62,14 +79,16 @@ from torch.utils.flop_counter import flop_registry
 import commands.configs  # noqa: F401  (loads the sampler packages)
 from common.config.compose import CONFIG_DIR, NoConfig, resolved_config
 from common.data.operator_state import split_operator_config
-from common.errors import ConfigError
+from common.errors import ConfigError, SettingError
 from common.evaluation.tables import aligned, csv_text, markdown
 from common.models import build_model
 from common.models.acceleration import accelerate
 from common.models.base import DiffusionModel
+from common.models.checkpoints import CheckpointError
 from common.models.precision import PRECISIONS
 from common.operators import build_operator
 from common.operators.base import Operator
+from common.operators.convolution import METHODS
 from common.operators.measurement import draw_states, simulate
 from common.random import make_generator, rand
 from common.registry import SAMPLERS
@@ -107,11 +126,21 @@ PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
     ("A100", {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0}),
 )
 VARIANT_FLAGS = ("channels_last", "compile")
+#: writing ``5`` here resets the process's peak RSS (Linux ≥ 4.0): a CPU row measures its own peak
+CLEAR_REFS = Path("/proc/self/clear_refs")
 CSV_FIELDS = ("sampler", "model", "size", "precision", "channels_last", "compile", "batch", "steps_timed",
               "steps_full", "repeats", "status", "s_per_image", "s_per_image_min", "s_per_image_max", "nfe_per_image",
               "nfe_per_s", "decoder_evals_per_image", "gflop_per_image", "achieved_tflops", "peak_tflops",
               "bound_s_per_image", "fraction_of_bound", "peak_mem_gb", "mem_kind", "device", "torch", "cuda",
-              "cudnn_tf32", "matmul_tf32", "float32_matmul_precision", "git_commit", "git_dirty", "timestamp")
+              "cudnn_tf32", "matmul_tf32", "float32_matmul_precision", "git_commit", "git_dirty", "timestamp",
+              "load_average")
+#: operator rows (``--operators``): the task each row is compared with, at the same resolution and batch size
+BASELINE_TASK = "down_sampling"
+#: a timed repeat of an operator row makes calls for at least this long (a fast operator takes well under 1 ms)
+REPEAT_SECONDS = 0.2
+OPERATOR_FIELDS = ("task", "method", "resolution", "batch", "calls_per_repeat", "repeats", "status", "ms_per_call",
+                   "ms_per_call_min", "ms_per_call_max", "ms_per_image", "ratio_to_baseline", "peak_mem_gb",
+                   "mem_kind", "device", "torch", "cuda", "git_commit", "git_dirty", "timestamp", "load_average")
 
 
 # ---------------------------------------------------------------------------------------------- cases
@@ -261,10 +290,29 @@ def profile(sampler: Sampler, model: DiffusionModel, problem: Problem, device: t
                    nfe_step=n2 - n1, decode_step=d2 - d1)
 
 
-def peak_memory_gb(device: torch.device) -> tuple[float, str]:
+def reset_peak_memory(device: torch.device) -> bool:
+    """Start one row's peak: the CUDA allocator's peak, or on Linux the process's RSS high-water mark (``5`` written
+    to /proc/self/clear_refs resets VmHWM to the current RSS); False where the CPU peak cannot be reset."""
     if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2 ** 30, "cuda max allocated"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, "process peak RSS"
+        torch.cuda.reset_peak_memory_stats(device)
+        return True
+    try:
+        CLEAR_REFS.write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_memory_gb(device: torch.device, reset: bool) -> tuple[float, str]:
+    """The peak since :func:`reset_peak_memory` (``reset``: whether it could reset) and what the figure is."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 30, "cuda max allocated in the row (weights included)"
+    if reset:
+        status = Path("/proc/self/status").read_text()
+        kilobytes = int(re.search(r"^VmHWM:\s*(\d+) kB", status, re.MULTILINE).group(1))
+        return kilobytes / 2 ** 20, "process peak RSS in the row (interpreter, libraries and weights included)"
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+            "process peak RSS so far (not resettable here: the running maximum, not the row's own)")
 
 
 def time_case(case: Case, sampler: Sampler, model: DiffusionModel, batch: int, steps: int | None, repeats: int,
@@ -275,8 +323,7 @@ def time_case(case: Case, sampler: Sampler, model: DiffusionModel, batch: int, s
     problem = make_problem(case, model, batch, device)
     run_steps(sampler, model, problem, steps, device)  # warm-up (and compilation)
     synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    reset = reset_peak_memory(device)
     times = []
     for _ in range(repeats):
         synchronize(device)
@@ -284,7 +331,7 @@ def time_case(case: Case, sampler: Sampler, model: DiffusionModel, batch: int, s
         run_steps(sampler, model, problem, steps, device)
         synchronize(device)
         times.append(time.perf_counter() - start)
-    return (times, *peak_memory_gb(device))
+    return (times, *peak_memory_gb(device, reset))
 
 
 # ---------------------------------------------------------------------------------------------- reporting
@@ -313,7 +360,8 @@ def environment(device: torch.device) -> dict[str, Any]:
             "cudnn_tf32": torch.backends.cudnn.allow_tf32, "matmul_tf32": torch.backends.cuda.matmul.allow_tf32,
             "float32_matmul_precision": torch.get_float32_matmul_precision(),
             "git_commit": (git.commit or "unknown")[:12], "git_dirty": bool(git.dirty),
-            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "load_average": " ".join(f"{load:.2f}" for load in os.getloadavg())}  # 1, 5, 15 minutes
 
 
 def file_stem(text: str) -> str:
@@ -402,19 +450,156 @@ def format_table(rows: Sequence[Mapping[str, Any]], as_markdown: bool = False) -
     return markdown(header, body) if as_markdown else aligned(header, body)
 
 
+def environment_note(env: Mapping[str, Any]) -> str:
+    """The device, versions, precision flags, commit, time and CPU load of a run, in one sentence."""
+    return (f"Device: {env['device']}; torch {env['torch']} (CUDA {env['cuda'] or '-'}); commit {env['git_commit']}"
+            f"{' (uncommitted changes)' if env['git_dirty'] else ''}; cuDNN TF32 {env['cudnn_tf32']}, matmul TF32 "
+            f"{env['matmul_tf32']}; {env['timestamp']}; load average {env['load_average']}.")
+
+
+def write_files(out: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str], env: Mapping[str, Any],
+                note: str, table: str, skipped: Mapping[str, str]) -> None:
+    """CSV (every row with the environment) and the Markdown ``table`` beside it, after ``note``, with what was
+    skipped and why."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(csv_text([{**env, **row} for row in rows], fields))
+    skips = "".join(f"- {name}: {why}\n" for name, why in skipped.items())
+    out.with_suffix(".md").write_text(note + "\n\n" + table + (f"\nSkipped:\n\n{skips}" if skips else ""))
+
+
 def write_outputs(rows: Sequence[Mapping[str, Any]], skipped: Mapping[str, str], env: Mapping[str, Any],
                   out: Path) -> None:
-    """CSV (every row with the environment) and the Markdown table beside it (with the skipped samplers)."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(csv_text([{**env, **row} for row in rows], CSV_FIELDS))
+    """The sampler table's CSV and Markdown (with the skipped samplers)."""
     memory = rows[0].get("mem_kind", "") if rows else ""
-    note = (f"Device: {env['device']}; torch {env['torch']} (CUDA {env['cuda'] or '-'}); commit {env['git_commit']}"
-            f"{' (uncommitted changes)' if env['git_dirty'] else ''}; cuDNN TF32 {env['cudnn_tf32']}, matmul TF32 "
-            f"{env['matmul_tf32']}; {env['timestamp']}. Task {TASK}. s/image: median over repeats, extrapolated "
-            f"from the timed steps to the full schedule; bound: counted FLOPs / datasheet peak; memory: {memory}.")
-    skips = "".join(f"- {name}: {why}\n" for name, why in skipped.items())
-    out.with_suffix(".md").write_text(note + "\n\n" + format_table(rows, as_markdown=True)
-                                      + (f"\nSkipped:\n\n{skips}" if skips else ""))
+    note = (f"{environment_note(env)} Task {TASK}. s/image: median over repeats, extrapolated from the timed steps to "
+            f"the full schedule; bound: counted FLOPs / datasheet peak; memory: {memory}.")
+    write_files(out, rows, CSV_FIELDS, env, note, format_table(rows, as_markdown=True), skipped)
+
+
+# ---------------------------------------------------------------------------------------------- operator rows
+def task_names() -> list[str]:
+    """Every task config (``configs/task/*.yaml``), :data:`BASELINE_TASK` first."""
+    names = sorted(path.stem for path in (CONFIG_DIR / "task").glob("*.yaml"))
+    return [BASELINE_TASK] + [name for name in names if name != BASELINE_TASK]
+
+
+def operator_params(task: str, resolution: int) -> dict[str, Any]:
+    """``build_operator`` arguments of the task's operator block as a run composes it at ``resolution``."""
+    config = resolved_config([f"task={task}", f"data.resolution={resolution}"])
+    params, _ = split_operator_config(config["task"][config["task_group"]]["operator"])
+    return params
+
+
+def time_operator(operator: Operator, batch: int, resolution: int, repeats: int,
+                  device: torch.device) -> tuple[list[float], int, float, str]:
+    """Seconds per ``operator.gradient(x, y)`` (forward, residual, VJP: one DAPS MCMC step's operator work) on
+    ``batch`` random [−1, 1] images with per-image states and noisy measurements y, in ``repeats`` timed runs of
+    ``calls`` calls each (enough for :data:`REPEAT_SECONDS`, after an untimed call and one that sizes ``calls``);
+    returns (seconds per call per run, calls, peak memory, what it is)."""
+    seeds = range(batch)
+    x = 2 * rand((3, resolution, resolution), [make_generator(SEED, i, "image") for i in seeds]).to(device) - 1
+    states = draw_states(operator, [make_generator(SEED, i, "operator") for i in seeds])
+    y = simulate(operator, x, states, [make_generator(SEED, i, "noise", device=device) for i in seeds])
+
+    def seconds(calls: int) -> float:
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(calls):
+            operator.gradient(x, y)
+        synchronize(device)
+        return time.perf_counter() - start
+
+    seconds(1)  # warm-up
+    calls = max(1, math.ceil(REPEAT_SECONDS / seconds(1)))
+    reset = reset_peak_memory(device)
+    times = [seconds(calls) / calls for _ in range(repeats)]
+    return (times, calls, *peak_memory_gb(device, reset))
+
+
+def measure_operator(task: str, method: str, operator: Operator, resolution: int, batch: int, repeats: int,
+                     device: torch.device) -> dict[str, Any]:
+    """One operator row (status ``ok`` or ``OOM``), without its ratio (:func:`operator_main` adds it)."""
+    row: dict[str, Any] = {"task": task, "method": method, "resolution": resolution, "batch": batch,
+                           "repeats": repeats}
+    try:
+        times, calls, memory, mem_kind = time_operator(operator, batch, resolution, repeats, device)
+    except torch.OutOfMemoryError:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {**row, "status": "OOM"}
+    median = statistics.median(times) * 1e3
+    return {**row, "status": "ok", "calls_per_repeat": calls, "ms_per_call": median,
+            "ms_per_call_min": min(times) * 1e3, "ms_per_call_max": max(times) * 1e3, "ms_per_image": median / batch,
+            "peak_mem_gb": memory, "mem_kind": mem_kind}
+
+
+def milliseconds_cell(row: Mapping[str, Any]) -> str:
+    if row["status"] != "ok":
+        return row["status"]
+    return f"{row['ms_per_call']:.3g} [{row['ms_per_call_min']:.3g}, {row['ms_per_call_max']:.3g}]"
+
+
+OPERATOR_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
+    ("task", lambda r: r["task"]),
+    ("method", lambda r: r["method"] or "-"),
+    ("px", lambda r: str(r["resolution"])),
+    ("batch", lambda r: str(r["batch"])),
+    ("ms/call [min, max]", milliseconds_cell),
+    ("ms/image", lambda r: _fmt(r.get("ms_per_image"))),
+    (f"× {BASELINE_TASK}", lambda r: _fmt(r.get("ratio_to_baseline"), ".2f")),
+    ("peak mem GB", lambda r: _fmt(r.get("peak_mem_gb"))),
+)
+
+
+def format_operator_table(rows: Sequence[Mapping[str, Any]], as_markdown: bool = False) -> str:
+    header = [name for name, _ in OPERATOR_COLUMNS]
+    body = [[cell(r) for _, cell in OPERATOR_COLUMNS] for r in rows]
+    return markdown(header, body) if as_markdown else aligned(header, body)
+
+
+def write_operator_outputs(rows: Sequence[Mapping[str, Any]], skipped: Mapping[str, str], env: Mapping[str, Any],
+                           out: Path) -> None:
+    memory = rows[0].get("mem_kind", "") if rows else ""
+    note = (f"{environment_note(env)} Operator rows: one call is operator.gradient(x, y) on a batch (forward, "
+            f"residual, VJP), median [min, max] over repeats; × {BASELINE_TASK}: against its row of the same size "
+            f"and batch in this run; method: the blur setting (- for the other tasks); memory: {memory}.")
+    write_files(out, rows, OPERATOR_FIELDS, env, note, format_operator_table(rows, as_markdown=True), skipped)
+
+
+def operator_main(tasks: Sequence[str], methods: Sequence[str], resolutions: Sequence[int], batches: Sequence[int],
+                  repeats: int, device: torch.device, env: Mapping[str, Any], out: Path) -> list[dict[str, Any]]:
+    """Operator rows, grouped by resolution and batch size (the baseline first in each group, so a ratio compares
+    rows measured minutes apart at most); tasks whose operator cannot be built here are skipped and listed."""
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for resolution in resolutions:
+        operators: list[tuple[str, str, Operator]] = []
+        for task in tasks:
+            params = operator_params(task, resolution)
+            for method in (methods if "method" in params else [""]):
+                try:
+                    built = build_operator(**{**params, **({"method": method} if method else {})}).to(device)
+                except (CheckpointError, SettingError) as err:
+                    skipped[task] = str(err).splitlines()[0]
+                    break
+                operators.append((task, method, built))
+        for batch in batches:
+            baseline = None
+            for task, method, operator in operators:
+                row = measure_operator(task, method, operator, resolution, batch, repeats, device)
+                baseline = row if task == BASELINE_TASK else baseline
+                if row["status"] == "ok" and baseline is not None and baseline["status"] == "ok":
+                    row["ratio_to_baseline"] = row["ms_per_call"] / baseline["ms_per_call"]
+                rows.append(row)
+                print(f"  {task} {method or '-'} {resolution} px batch {batch}: {milliseconds_cell(rows[-1])} ms/call",
+                      flush=True)
+                write_operator_outputs(rows, skipped, env, out)
+    write_operator_outputs(rows, skipped, env, out)
+    print("\n" + format_operator_table(rows))
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    print(f"\nwritten: {out} and {out.with_suffix('.md')}")
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -435,6 +620,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per row (default 3, quick 1)")
     parser.add_argument("--compile-mode", default="default", help="torch.compile mode for +compile variants")
     parser.add_argument("--peak-tflops", type=float, default=None, help="device peak for the bound (unknown GPUs)")
+    parser.add_argument("--operators", action="store_true", help="operator rows instead of the sampler table: "
+                        "forward + VJP per task, resolution and batch size, and the ratio to down_sampling")
+    parser.add_argument("--tasks", default=None, help="--operators: comma list of configs/task names (default: all)")
+    parser.add_argument("--resolutions", default="64,256", help="--operators: comma list of image sides")
+    parser.add_argument("--methods", default="fast", help="--operators: the blurs' method settings, comma list "
+                        "(fast,direct adds the reference's dense correlation: slow at 256 px)")
     return parser.parse_args(argv)
 
 
@@ -448,12 +639,23 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise ValueError(f"--steps={args.steps}: need at least 1")
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = device.type == "cuda"
-    size = args.size or ("tiny" if args.quick or not cuda else "full")
     batches = [int(b) for b in (args.batch_sizes or ("1,10,100" if cuda else "1,10")).split(",")]
+    env = environment(device)
+    if args.operators:
+        tasks = task_names() if args.tasks is None else sorted(args.tasks.split(","), key=lambda t: t != BASELINE_TASK)
+        methods = args.methods.split(",")
+        unknown = sorted(set(tasks) - set(task_names())) + sorted(set(methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"unknown tasks or methods {unknown}; valid tasks: {', '.join(task_names())}; "
+                             f"methods: {', '.join(METHODS)}")
+        out = args.out or default_out(env).with_name(default_out(env).stem + "-operators.csv")
+        print(f"operator benchmark on {env['device']}, torch {env['torch']}, commit {env['git_commit']}")
+        return operator_main(tasks, methods, [int(r) for r in args.resolutions.split(",")], batches,
+                             args.repeats or (1 if args.quick else 5), device, env, out)
+    size = args.size or ("tiny" if args.quick or not cuda else "full")
     variants = [parse_variant(v) for v in (args.variants or ("fp32,bf16+channels_last,bf16+channels_last+compile"
                                                              if cuda else "fp32")).split(",")]
     repeats = args.repeats or (1 if args.quick else 3)
-    env = environment(device)
     out = args.out or default_out(env)
     print(f"benchmark on {env['device']}, torch {env['torch']}, commit {env['git_commit']}; {size} models")
     rows: list[dict[str, Any]] = []

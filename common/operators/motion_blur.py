@@ -3,9 +3,11 @@
 k is drawn per image from that image's generator by :func:`~common.operators.motion_kernel.motion_kernel`
 (the reference's trajectory algorithm, our seeded draws) and is operator *state*: ``draw_state`` returns
 {"kernel": (k, k)}, ``set_state`` installs a batch (B, k, k), and the kernels are saved with the results.
-The blur is :func:`~common.operators.convolution.reflect_correlate` (reflect padding k//2, no kernel flip).
-The adjoint is autograd's VJP. A random kernel is not separable: there is no closed-form SVD, and A⁺ and the
-proximal map are the conjugate-gradient solves of :class:`~common.operators.base.LinearOperator`.
+The blur is the reflect-padded correlation of :mod:`~common.operators.convolution` (padding k//2, no kernel
+flip): ``method: fast`` (the default) by the FFT where that is cheaper (a 61×61 kernel at any resolution, drawn or
+loaded), ``method: direct`` the reference's dense correlation. The adjoint is autograd's VJP. A random kernel
+is not separable: there is no closed-form SVD, and A⁺ and the proximal map are the conjugate-gradient solves of
+:class:`~common.operators.base.LinearOperator`.
 """
 from __future__ import annotations
 
@@ -23,8 +25,9 @@ from common.registry import OPERATORS
 class MotionBlur(ReflectBlur):
     """y = k_b ⋆ x_b + n with a per-image random motion kernel k_b."""
 
-    def __init__(self, noise: NoiseModel, resolution: int, kernel_size: int = 61, intensity: float = 0.5) -> None:
-        super().__init__(noise, resolution, kernel_size)
+    def __init__(self, noise: NoiseModel, resolution: int, kernel_size: int = 61, intensity: float = 0.5,
+                 method: str = "fast") -> None:
+        super().__init__(noise, resolution, kernel_size, method)
         self.intensity = real("intensity", intensity, 0.0, 1.0)  # shake strength
 
     def draw_state(self, generator: torch.Generator) -> dict[str, torch.Tensor]:

@@ -109,3 +109,53 @@ def test_peaks_and_variants():
 def test_default_file_name_has_no_spaces_or_parentheses(device, stem):
     out = default_out({"device": device, "git_commit": "0123abcd"})
     assert out.name == f"{stem}-0123abcd.csv" and out.parent.name == "benchmark"
+
+
+# ------------------------------------------------------------------------------------------------ operator rows
+def test_operator_rows(tmp_path, monkeypatch):
+    """--operators: one row per task, method, size and batch, grouped with down_sampling first; the ratio is against
+    its row of the same size and batch; skipped tasks are listed."""
+    monkeypatch.setattr(benchmark, "REPEAT_SECONDS", 0.01)
+    out = tmp_path / "ops.csv"
+    rows = benchmark.main(["--operators", "--device", "cpu", "--tasks", "hdr,gaussian_blur,motion_blur,down_sampling",
+                           "--methods", "fast,direct", "--resolutions", "16,64", "--batch-sizes", "1,2",
+                           "--repeats", "2", "--out", str(out)])
+    # down_sampling first, then the order given; 61-px blurs do not fit 16-px images
+    expected = [(task, method, size, batch) for size, names in
+                ((16, ("down_sampling", "hdr")), (64, ("down_sampling", "hdr", "gaussian_blur", "motion_blur")))
+                for batch in (1, 2) for task in names
+                for method in (("fast", "direct") if task.endswith("blur") else ("",))]
+    assert [(r["task"], r["method"], r["resolution"], r["batch"]) for r in rows] == expected
+    with out.open() as handle:
+        written = list(csv.DictReader(handle))
+    assert [(r["task"], r["method"], int(r["resolution"]), int(r["batch"])) for r in written] == expected
+    assert all(r["device"].startswith("CPU") and r["load_average"] and r["status"] == "ok" for r in written)
+    by_key = {(r["task"], r["method"], r["resolution"], r["batch"]): r for r in rows}
+    for row in rows:
+        assert row["status"] == "ok" and row["repeats"] == 2 and row["calls_per_repeat"] >= 1
+        assert row["ms_per_call_min"] <= row["ms_per_call"] <= row["ms_per_call_max"]
+        assert row["ms_per_image"] == pytest.approx(row["ms_per_call"] / row["batch"])
+        baseline = by_key[("down_sampling", "", row["resolution"], row["batch"])]
+        assert row["ratio_to_baseline"] == pytest.approx(row["ms_per_call"] / baseline["ms_per_call"])
+        assert math.isfinite(row["peak_mem_gb"]) and row["peak_mem_gb"] > 0
+    markdown = out.with_suffix(".md").read_text()
+    assert "| task | method | px | batch |" in markdown and "× down_sampling" in markdown
+    assert "load average" in markdown and "Skipped" in markdown and "gaussian_blur: operator.kernel_size=61" in markdown
+
+
+def test_operator_options_are_checked():
+    with pytest.raises(ValueError, match=r"unknown tasks or methods \['blur', 'dense'\]"):
+        benchmark.main(["--operators", "--device", "cpu", "--tasks", "blur", "--methods", "dense"])
+
+
+def test_cpu_peak_memory_is_the_rows_own():
+    """After a reset the CPU figure forgets an earlier, larger peak (the running maximum would not)."""
+    cpu = torch.device("cpu")
+    if not benchmark.reset_peak_memory(cpu):
+        pytest.skip("the peak RSS cannot be reset here (/proc/self/clear_refs)")
+    big = torch.ones(2 ** 26)                       # 256 MiB, touched
+    del big
+    before, _ = benchmark.peak_memory_gb(cpu, True)
+    assert benchmark.reset_peak_memory(cpu)
+    after, kind = benchmark.peak_memory_gb(cpu, True)
+    assert after < before - 0.2 and "in the row" in kind

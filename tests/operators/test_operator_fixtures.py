@@ -1,4 +1,6 @@
-"""Every task operator against the reference outputs in tests/fixtures (operators.pt, nonlinear_blur_small.pt)."""
+"""Every task operator against the reference outputs in tests/fixtures (operators.pt, nonlinear_blur_small.pt);
+the blurs with both ``method`` settings (``direct``: the reference's dense correlation, ``fast``: its separable / FFT
+form), at the same tolerance."""
 from __future__ import annotations
 
 import pytest
@@ -6,6 +8,7 @@ import torch
 
 from common.models.checkpoints import CheckpointError
 from common.operators import build_operator
+from common.operators.convolution import METHODS
 from common.operators.down_sampling import resize_matrix
 from common.operators.gaussian_blur import gaussian_kernel
 from common.operators.kernel_wizard import KernelWizard
@@ -21,16 +24,20 @@ def reference():
     return load_fixture("operators.pt")
 
 
-def build_reference(task: dict):
-    params = {"resolution": 256, **task["params"]}
+def build_reference(task: dict, method: str | None = None):
+    params = {"resolution": 256, **task["params"], **({} if method is None else {"method": method})}
     return build_operator(**params)
 
 
-@pytest.mark.parametrize("task", ["down_sampling", "inpainting", "inpainting_rand", "gaussian_blur",
-                                  "motion_blur", "phase_retrieval", "hdr"])
-def test_forward_matches_reference(reference, task):
+BLURS = ("gaussian_blur", "motion_blur")
+
+
+@pytest.mark.parametrize("task, method", [(task, None) for task in ("down_sampling", "inpainting",
+                                                                     "inpainting_rand", "phase_retrieval", "hdr")]
+                         + [(task, method) for task in BLURS for method in METHODS])
+def test_forward_matches_reference(reference, task, method):
     entry = reference["tasks"][task]
-    op = build_reference(entry)
+    op = build_reference(entry, method)
     if "mask" in entry:
         op.set_state({"mask": entry["mask"][0][None]})       # (B=1, 1, H, W)
     if task == "motion_blur":
@@ -64,9 +71,10 @@ def test_gaussian_kernel_matches_reference(reference):
     assert torch.equal(build_reference(entry).kernel, entry["kernel"])
 
 
-def test_motion_blur_conv_case():
+@pytest.mark.parametrize("method", METHODS)
+def test_motion_blur_conv_case(method):
     case = load_fixture("motion_kernels.pt")["operator_conv_case"]
-    op = build_operator("motion_blur", resolution=64, kernel_size=61, intensity=0.5)
+    op = build_operator("motion_blur", resolution=64, kernel_size=61, intensity=0.5, method=method)
     op.set_state({"kernel": case["kernel"][None]})
     torch.testing.assert_close(op(case["x"]), case["y"], **TOL)
 
