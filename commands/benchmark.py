@@ -44,10 +44,10 @@ as a run composes it at ``--resolutions``, default 64 and 256 px) on random [−
 noisy measurements; one call is ``operator.gradient(x, y)`` on a batch (forward, residual and VJP: the operator work
 of one DAPS MCMC step, or of one DPS step), timed in ``--repeats`` runs (default 5) of enough calls for 0.2 s, after
 two untimed calls (a warm-up, and one that sizes the runs). The table gives ms per call (median [min, max]), ms per
-image, the ratio to :data:`BASELINE_TASK` at the same size and batch size in the same run (rows are grouped by size and batch size, the baseline first) and the
-peak memory. ``--methods fast,direct`` adds the blurs' reference arithmetic. Tasks whose operator cannot be built
-(nonlinear_blur without its checkpoint) are skipped and listed. Written to ``results/benchmark/<device>-<commit>-
-operators.csv`` and ``.md`` unless ``--out`` says otherwise.
+image, the ratio to :data:`BASELINE_TASK` at the same size and batch size in the same run (rows are grouped by size
+and batch size, the baseline first) and the peak memory. ``--methods fast,direct`` adds the blurs' reference
+arithmetic. Tasks whose operator cannot be built (nonlinear_blur without its checkpoint) are skipped and listed.
+Written to ``results/benchmark/<device>-<commit>- operators.csv`` and ``.md`` unless ``--out`` says otherwise.
 
 Not timed: building the model, the measurements, the sampler and the generators; timed: ``sampler.sample``,
 bracketed by device synchronisations. GPU runs that hit the 10-minute limit of a session can be split with
