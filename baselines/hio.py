@@ -15,8 +15,8 @@ orthonormal DFT. Per sample and channel, on the N × N grid g, with the support 
         ER  (last E):      g_{k+1} = g' on Γ,   0 off Γ             (error reduction: settles the HIO iterate)
     ĝ = clip(g_K, 0, 1) on S, 0 elsewhere;  x = 2 ĝ|_S − 1
 
-R restarts run in parallel; each sample keeps the restart with the smallest ‖ |F ĝ| − y ‖ over its channels (no
-ground truth used). Ambiguities that the magnitude cannot resolve remain: a translation inside the padded grid (ruled
+R restarts run in parallel; each sample keeps, per channel (the channels are independent problems), the restart with
+the smallest ‖ |F ĝ| − y ‖ (no ground truth used). Ambiguities that the magnitude cannot resolve remain: a translation inside the padded grid (ruled
 out by the support when it is tight), the conjugate flip g(−r), and, per channel, their combinations. Model calls: 0.
 """
 from __future__ import annotations
@@ -95,11 +95,12 @@ class HIO:
         magnitude = y.float()[:, None]
         g = hio_iterations(g, magnitude, support, self.num_steps, self.er_steps, self.beta)
         g = torch.where(support, g.clamp(0, 1), 0.0)
-        misfit = (centred_fft(g.to(torch.complex64)).abs() - magnitude).flatten(2).norm(dim=2)   # (B, R)
-        best = misfit.argmin(dim=1)
-        chosen = g[torch.arange(len(generators), device=y.device), best][..., pad:pad + side, pad:pad + side]
+        misfit = (centred_fft(g.to(torch.complex64)).abs() - magnitude).flatten(3).norm(dim=3)   # (B, R, C)
+        best = misfit.argmin(dim=1)                                                               # (B, C)
+        index = best[:, None, :, None, None].expand(-1, 1, -1, grid, grid)
+        chosen = g.gather(1, index)[:, 0, :, pad:pad + side, pad:pad + side]
         x = tracker.check(2 * chosen - 1, 0)
         if callback is not None:
             callback({"step": 0, "num_steps": 1, "finite": tracker.finite, "decode": model.decode, "x_t": x,
-                      "x0hat": x, "residual": misfit.gather(1, best[:, None])[:, 0]})
+                      "x0hat": x, "residual": misfit.gather(1, best[:, None])[:, 0].norm(dim=1)})
         return tracker.result(x)
