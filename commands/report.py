@@ -50,7 +50,8 @@ TASK_CONFIGS = REPO / "configs" / "task"
 STATISTICS = ("best_oracle", "mean", "best_residual")
 #: our sampler -> the method name in the papers' tables
 PAPER_METHOD = {"edm_daps": "DAPS", "latent_edm_daps": "LatentDAPS", "dps": "DPS", "psld": "PSLD",
-                "resample": "ReSample", "ddrm": "DDRM", "ddnm": "DDNM", "diffpir": "DiffPIR", "reddiff": "RED-diff"}
+                "resample": "ReSample", "ddrm": "DDRM", "ddnm": "DDNM", "diffpir": "DiffPIR", "reddiff": "RED-diff",
+                "fps_smc": "FPS-SMC", "dcdp": "DCDP", "hio": "HIO"}
 #: the papers' dataset -> the image list (configs/data/<name>.sha256) of their test set
 PAPER_LISTS = {"ffhq": "test-ffhq", "imagenet": "test-imagenet"}
 #: the papers' "space" column -> the model kinds (registry names) that are such a network
