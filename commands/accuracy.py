@@ -283,7 +283,7 @@ def mmps_spec(cg_iterations: int) -> SamplerSpec:
 
 def fps_smc_spec(particles: int, steps: int = 100) -> SamplerSpec:
     """FPS-SMC with ``steps`` DDIM steps and M = ``particles`` particles per sample (c = 0.95, its config's);
-    M (steps − 1) + 1 model calls per sample, memory per sample ∝ M."""
+    M·steps model calls per sample, memory per sample ∝ M."""
     return SamplerSpec(f"FPS-SMC-{steps} M={particles}", "fps_smc",
                        {"num_steps": steps, "num_particles": particles, "c_rate": 0.95})
 

@@ -114,7 +114,6 @@ def test_config_resolves_per_task_and_builds(name, task):
         assert getattr(sampler, key) == value
 
 
-@pytest.mark.slow  # end to end: the first run in a process pays the entry point's imports
 def test_cli_run_on_the_demo_and_resume(tmp_path, capsys):
     saved = run_and_resume(tmp_path, "dcdp", "inpainting", 2, capsys)
     assert saved["step_size"] == 0.005086 and saved["num_steps"] == 2

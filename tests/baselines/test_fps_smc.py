@@ -17,6 +17,7 @@ import torch
 
 from baseline_cli import built_for_task, run_and_resume
 from baselines.fps_smc import FPSSMC, gaussian_update
+from common.counting import count_calls
 from common.errors import ConfigError, SettingError
 from common.operators import build_operator
 from common.random import make_generator, randn
@@ -128,11 +129,15 @@ def test_refuses_nonlinear_poisson_and_noiseless():
 
 
 def test_setting_refusals_and_model_calls():
+    case = gaussian_case(DOWN)
+    with count_calls(case.model) as counts:
+        FPSSMC(num_steps=5, num_particles=3).sample(case.model, case.operator, case.y, generators=[make_generator(0)])
+    assert counts["nfe"] == FPSSMC(num_steps=5, num_particles=3).model_calls == 15
     for key, value in (("num_steps", 0), ("num_particles", 0), ("num_particles", 2.0), ("c_rate", 0.0),
                        ("c_rate", 1.5)):
         with pytest.raises(SettingError, match=key):
             FPSSMC(**{key: value})
-    assert FPSSMC(num_steps=10, num_particles=4).model_calls == 37
+    assert FPSSMC(num_steps=10, num_particles=4).model_calls == 40
 
 
 def test_config_builds_with_the_authors_defaults():
@@ -140,7 +145,6 @@ def test_config_builds_with_the_authors_defaults():
     assert (sampler.num_steps, sampler.num_particles, sampler.c_rate) == (1000, 5, 0.95)
 
 
-@pytest.mark.slow  # end to end: the first run in a process pays the entry point's imports
 def test_cli_run_on_the_demo_and_resume(tmp_path, capsys):
     saved = run_and_resume(tmp_path, "fps_smc", "inpainting", 4, capsys)
     assert saved["num_particles"] == 5

@@ -101,7 +101,6 @@ def test_setting_refusals():
             HIO(**{key: value})
 
 
-@pytest.mark.slow  # end to end: the first run in a process pays the entry point's imports
 def test_cli_run_on_the_demo_and_resume(tmp_path, capsys):
     saved = run_and_resume(tmp_path, "hio", "phase_retrieval", 20, capsys)
     assert saved["restarts"] == 4 and saved["beta"] == 0.9
