@@ -289,9 +289,16 @@ def mmps_spec(cg_iterations: int) -> SamplerSpec:
     return SamplerSpec(f"MMPS-100 K={cg_iterations}", "mmps", {"num_steps": 100, "cg_iterations": cg_iterations})
 
 
+def fps_smc_spec(particles: int, steps: int = 100) -> SamplerSpec:
+    """FPS-SMC with ``steps`` DDIM steps and M = ``particles`` particles per sample (c = 0.95, its config's);
+    M·steps model calls per sample, memory per sample ∝ M."""
+    return SamplerSpec(f"FPS-SMC-{steps} M={particles}", "fps_smc",
+                       {"num_steps": steps, "num_particles": particles, "c_rate": 0.95})
+
+
 def tuned_specs(quick: bool = False, sigma_y: float = SIGMA_Y) -> list[SamplerSpec]:
     """Exact draws, DPS at three ζ and two step counts, DAPS-100/1K/4K (Langevin), DAPS-1K with HMC and MH, MMPS-100
-    with 2 and 3 CG iterations (its config's 1 is the ``mmps@paper`` row).
+    with 2 and 3 CG iterations (its config's 1 is the ``mmps@paper`` row), FPS-SMC-100 with M = 1, 4, 16, 64 particles.
 
     DAPS-N: N = annealing steps × PF-ODE steps model calls (100 = 50×2, 1K = 200×5, 4K = 200×20); the MCMC
     steps (10 per annealing step, ``prior_solver=gaussian``) call no model.
@@ -306,7 +313,8 @@ def tuned_specs(quick: bool = False, sigma_y: float = SIGMA_Y) -> list[SamplerSp
             daps_spec("DAPS-4K LGV", 200, 20, LANGEVIN, sigma_y),
             daps_spec("DAPS-1K HMC", 200, 5, HMC, sigma_y),
             daps_spec("DAPS-1K MH", 200, 5, MH, sigma_y),
-            mmps_spec(2), mmps_spec(3)]
+            mmps_spec(2), mmps_spec(3),
+            *(fps_smc_spec(m) for m in (1, 4, 16, 64))]
 
 
 def registered_specs(quick: bool = False, names: Sequence[str] | None = None) -> list[SamplerSpec]:
@@ -494,6 +502,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-doc", action="store_true", help="do not replace docs/accuracy.md after a full run")
     parser.add_argument("--samplers", default=None,
                         help="comma list of registered samplers given rows of their own (default: all)")
+    parser.add_argument("--rows", default=None,
+                        help="comma list of row-label prefixes to keep (e.g. exact,FPS-SMC; default: every row)")
     args = parser.parse_args(argv)
     names = None if args.samplers is None else args.samplers.split(",")
     unknown = [name for name in names or () if name not in SAMPLERS]
@@ -508,7 +518,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     progress = lambda row: print(f"  {row['problem']:<20} {row['sampler']:<15} mean_z {row['mean_z']:7.3f}  "
                                  f"std_ratio {row['std_ratio']:6.3f}  w2 {row['w2']:6.4f}  {row['wall_s']:6.1f} s",
                                  flush=True)
-    rows, skipped = run_benchmark(problems, sampler_grid(args.quick, names=names), num_samples, seed=args.seed,
+    grid = sampler_grid(args.quick, names=names)
+    if args.rows is not None:
+        grid = [spec for spec in grid if spec.label.startswith(tuple(args.rows.split(",")))]
+    rows, skipped = run_benchmark(problems, grid, num_samples, seed=args.seed,
                                   jobs=args.jobs, threads=args.threads, progress=progress)
     wall = time.perf_counter() - start
     table = markdown_table(rows)

@@ -28,4 +28,7 @@ for dataset in ffhq imagenet; do
     multirun "${common[@]}" sampler=resample name="$dataset-resample" num_runs=1 \
         task=down_sampling,inpainting,inpainting_rand,gaussian_blur,motion_blur,nonlinear_blur,hdr
     multirun "${common[@]}" sampler=resample name="$dataset-resample-4runs" num_runs=4 task=phase_retrieval
+    multirun "${common[@]}" sampler=latent_dcdp name="$dataset-dcdp" num_runs=1 \
+        task=down_sampling,inpainting,inpainting_rand,gaussian_blur,motion_blur,nonlinear_blur,hdr
+    multirun "${common[@]}" sampler=latent_dcdp name="$dataset-dcdp-4runs" num_runs=4 task=phase_retrieval
 done

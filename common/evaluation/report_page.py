@@ -67,7 +67,8 @@ def describe(config: Mapping[str, Any]) -> dict[str, str]:
 #: registry name -> the method's name in the papers (headings show ``<config name> (<method>)``, e.g. ``demo (DAPS)``)
 METHOD_NAMES = {"edm_daps": "DAPS", "latent_edm_daps": "LatentDAPS", "sd_edm_daps": "DAPS-SD", "dps": "DPS",
                 "latent_dps": "LatentDPS", "psld": "PSLD", "resample": "ReSample", "ddrm": "DDRM", "ddnm": "DDNM",
-                "pigdm": "ΠGDM", "mmps": "MMPS", "diffpir": "DiffPIR", "reddiff": "RED-diff"}
+                "pigdm": "ΠGDM", "mmps": "MMPS", "diffpir": "DiffPIR", "reddiff": "RED-diff", "fps_smc": "FPS-SMC",
+                "dcdp": "DCDP", "hio": "HIO"}
 
 
 def sampler_label(config: Mapping[str, Any], provenance: Mapping[str, Any] | None) -> str:

@@ -27,7 +27,9 @@ from common.operators.noise import NoiseModel
 #:   conjugate gradients to the relative tolerance ``cg_tol``);
 #: * ``"prox"``: :meth:`LinearOperator.prox` gives argmin_z ‖A z − y‖² + γ‖z − x‖² (closed form, or conjugate
 #:   gradients).
-CAPABILITIES = ("linear", "svd", "pinv", "prox")
+#: * ``"fourier_magnitude"``: A(x) = |F pad(x/2 + ½)|, the centred orthonormal DFT magnitude of the [0, 1] image
+#:   zero-padded by ``pad`` pixels per side (phase retrieval; classical solvers such as HIO need its support).
+CAPABILITIES = ("linear", "svd", "pinv", "prox", "fourier_magnitude")
 
 
 class Operator(nn.Module):

@@ -24,6 +24,9 @@ MAX_OVERSAMPLE = 8.0
 class PhaseRetrieval(Operator):
     """y = |F pad(x/2 + ½)| + n."""
 
+    #: declares the map above (``pad`` pixels per side), for Fourier phase-retrieval solvers (HIO)
+    capabilities = frozenset({"fourier_magnitude"})
+
     def __init__(self, noise: NoiseModel, resolution: int, oversample: float = 2.0) -> None:
         super().__init__(noise)
         self.resolution = image_side("resolution", resolution)

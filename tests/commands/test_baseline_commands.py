@@ -15,7 +15,7 @@ from common.config.validate import validate
 from common.registry import OPERATORS, SAMPLERS
 from tests.helpers.fixtures import REPO
 
-BASELINES = {"ddrm", "ddnm", "pigdm", "mmps", "diffpir", "reddiff"}
+BASELINES = {"ddrm", "ddnm", "pigdm", "mmps", "diffpir", "reddiff", "fps_smc", "dcdp", "hio"}
 TASKS = {"down_sampling", "inpainting", "inpainting_rand", "gaussian_blur", "motion_blur", "nonlinear_blur", "hdr",
          "phase_retrieval"}
 
