@@ -525,6 +525,7 @@ table.cmp td, table.cmp th { padding: 2px; text-align: center; vertical-align: t
 table.cmp th.rowname { width: 7em; text-align: right; }
 table.cmp img { width: 100%; image-rendering: pixelated; display: block; }
 table.results td { white-space: nowrap; } table.results th { overflow-wrap: anywhere; }
+table.results td.text { white-space: normal; overflow-wrap: anywhere; text-align: left; min-width: 8em; }
 td.best { font-weight: bold; background: #e6f4e6; }
 """
 
@@ -537,7 +538,8 @@ def _html_table(rows: Sequence[Mapping[str, Any]], metrics: Sequence[str], page:
         shade = ' style="background:#eef3fb"' if row.get("paper") else ""
         out = []
         for c, text in enumerate(cells):
-            css = (" class=left" if c == 0 else "") if (i, c) not in best else (" class=best")
+            css = (" class=left" if c == 0 else " class=text" if cols[c].key is None else "") \
+                if (i, c) not in best else " class=best"
             if c == 0 and not row.get("paper"):
                 link = e(os.path.relpath(Path(row["source"]) / "report.html", page.parent))
                 text = f'<a href="{link}" title="{e(row["source"])}">{e(text)}</a>'

@@ -297,6 +297,11 @@ def picture(seed: int) -> torch.Tensor:
     return torch.rand(3, PIXELS, PIXELS, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 
 
+#: the settings the README's comparison line composes (the DAPS ones make the longest "sampler steps" cell)
+SWEEP_SETTINGS = {"edm_daps": {"annealing_scheduler_config": {"num_steps": 200}, "diffusion_scheduler_config": {
+    "num_steps": 5}, "mcmc_sampler_config": {"num_steps": 100}}, "dps": {"num_steps": 1000}, "ddrm": {"num_steps": 20}}
+
+
 def sampled_run(path: Path, sampler: str, spread: float, images: int = 2, runs: int = 2) -> Path:
     """A finished run folder as a real sweep job leaves it (samples, raw floats, posterior maps, pages, provenance
     with the sampler's config name), its samples scattered around the truth by ``spread``; no sampling."""
@@ -304,7 +309,8 @@ def sampled_run(path: Path, sampler: str, spread: float, images: int = 2, runs: 
     path.mkdir(parents=True)
     (path / "config.yaml").write_text(yaml.safe_dump({
         "data": {"name": "demo", "resolution": PIXELS}, "model": {"name": "gaussian_demo"}, "task_group": "gaussian",
-        "task": {"gaussian": {"operator": {"name": "down_sampling", "sigma": 0.05}}}, "sampler": {"name": sampler},
+        "task": {"gaussian": {"operator": {"name": "down_sampling", "sigma": 0.05}}},
+        "sampler": {"name": sampler, **SWEEP_SETTINGS.get(sampler, {"num_steps": 100})},
         "num_runs": runs, "seed": 42}))
     for i in range(images):
         truth = picture(i)
