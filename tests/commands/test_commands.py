@@ -24,7 +24,7 @@ LINEAR_TASKS = {"down_sampling", "inpainting", "inpainting_rand", "gaussian_blur
 SCRIPTS = {  # script -> (datasets, model per dataset, {sampler: its tasks}, task_group)
     "pixel": ({"ffhq": "ffhq256ddpm", "imagenet": "imagenet256ddpm"}, {"edm_daps": ALL_TASKS}, "pixel"),
     "ldm": ({"ffhq": "ffhq256ldm", "imagenet": "imagenet256ldm"},
-            {"latent_edm_daps": ALL_TASKS, "psld": LINEAR_TASKS, "resample": ALL_TASKS}, "ldm"),
+            {"latent_edm_daps": ALL_TASKS, "psld": LINEAR_TASKS, "resample": ALL_TASKS, "dcdp": ALL_TASKS}, "ldm"),
     "sd": ({"ffhq": "stable-diffusion-v1.5", "imagenet": "stable-diffusion-v1.5"}, {"sd_edm_daps": ALL_TASKS}, "sd"),
     "dps": ({"ffhq": "ffhq256ddpm"}, {"dps": ALL_TASKS - {"hdr"}}, "pixel"),
 }
