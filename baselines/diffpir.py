@@ -29,7 +29,10 @@ gradients). Every other operator takes the paper's first-order step for general 
     z ← z − η_t ∇f(z),   η_t = min(η, 1/(2ρ_t)),
 
 where 1/(2ρ_t) is the paper's step (x̂0 − ∇‖A x̂0 − y‖²/(2ρ_t) for one step; it solves the quadratic term exactly)
-and η = ``grad_step_size`` caps it early on, where ρ_t → 0 would make the paper's step unbounded.
+and η = ``grad_step_size`` caps it early on, where ρ_t → 0 would make the paper's step unbounded. Gradient descent
+on f is stable while η (L + 2ρ_t) < 2 with L the Lipschitz constant of ∇‖A z − y‖²; since η ≤ 1/(2ρ_t), η L < 1 keeps
+every step stable and η L ≥ 2 makes the first (small-ρ_t) steps diverge, so :meth:`DiffPIR.check` refuses an η with
+η L ≥ 2, L estimated at a random image by power iteration (:func:`common.operators.linalg.gradient_lipschitz`).
 """
 from __future__ import annotations
 
@@ -40,8 +43,9 @@ import torch
 
 from common.errors import ConfigError, SettingError, one_of, positive_int, real
 from common.models.base import DiffusionModel
-from common.operators.base import Operator
-from common.random import randn
+from common.operators.base import Operator, stack_states
+from common.operators.linalg import gradient_lipschitz
+from common.random import make_generator, rand, randn
 from common.registry import SAMPLERS
 from common.sampling import Callback, DivergenceTracker, SampleResult
 from common.sampling.vp import abar, denoise, sigma_of, skip_timesteps, transitions
@@ -118,6 +122,24 @@ class DiffPIR:
             raise ConfigError(f"sampler 'diffpir' weighs its data step by ρ_t = λσ_n²/σ̄_t² and needs Gaussian "
                               f"measurement noise with a std σ_n; {type(operator).__name__} has "
                               f"{type(operator.noise).__name__}. Use reddiff or dps for this noise")
+        if "prox" not in operator.capabilities:
+            lipschitz = self.data_lipschitz(model, operator)
+            if self.grad_step_size * lipschitz >= 2:
+                raise SettingError("grad_step_size", self.grad_step_size,
+                                   f"need grad_step_size × L < 2 for stable data steps, where L ≈ {lipschitz:.3g} is the "
+                                   f"Lipschitz constant of ∇‖A(z) − y‖² of {type(operator).__name__} (estimated at a "
+                                   f"random image); choose a value below {2 / lipschitz:.3g}")
+
+    @staticmethod
+    def data_lipschitz(model: DiffusionModel, operator: Operator) -> float:
+        """L of ∇‖A(z) − y‖² at a random image in [−1, 1] (with one drawn operator state, if it has one)."""
+        device = next((t.device for t in [*operator.parameters(), *operator.buffers()]), torch.device("cpu"))
+        generator = make_generator(0, "lipschitz", device=device)
+        state = operator.draw_state(generator)
+        if state:
+            operator.set_state(stack_states([state]))  # the experiment sets each batch's own state before sampling
+        x = 2 * rand(model.sample_shape, [generator], device=device) - 1
+        return gradient_lipschitz(operator, x, generator)
 
     def data_step(self, operator: Operator, x0hat: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
         """x̂0^y = argmin_z ‖y − A z‖² + γ‖z − x̂0‖²: exact where the operator declares ``prox``, else by gradient

@@ -14,6 +14,9 @@ Everything acts per sample on a batch; an image x is (B, C, H, W) and its flatte
   A⁺ = V S⁺ Uᵀ and prox_γ(x, y) = V (S² + γ)⁻¹ (S Uᵀy + γ Vᵀx).
   :class:`DiagonalSVD` (inpainting: A = diag(d), d ≥ 0) and :class:`KroneckerSVD` (A X = M X Mᵀ per channel:
   the bicubic resizer, the separable Gaussian blur) implement it.
+* :func:`gradient_lipschitz` estimates L = 2 λ_max(J_A(x)ᵀ J_A(x)), the Lipschitz constant of ∇‖A(z) − y‖² near x
+  (Gauss–Newton; exact for a linear A), by power iteration on Jacobian-vector products: what a gradient step's
+  size must stay below (η L < 2) for the step to be stable.
 """
 from __future__ import annotations
 
@@ -255,3 +258,21 @@ class KroneckerSVD(SVD):
         f = self._factors(c)
         grid = c.view(c.shape[0], self.channels, self.cols, self.cols)[..., :self.rows, :self.rows]
         return f.u @ grid @ f.u.T
+
+
+def gradient_lipschitz(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, generator: torch.Generator,
+                       iterations: int = 20) -> float:
+    """L ≈ 2 λ_max(Jᵀ J), J the Jacobian of ``forward`` at ``x`` (one sample, (1, C, H, W)), by ``iterations`` power
+    steps v ← Jᵀ J v / ‖Jᵀ J v‖ from a random v drawn from ``generator`` (on ``x``'s device)."""
+    v = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    v = v / v.norm()
+    value = 0.0
+    with torch.enable_grad():
+        for _ in range(iterations):
+            _, jv = torch.autograd.functional.jvp(forward, x, v)
+            _, jtjv = torch.autograd.functional.vjp(forward, x, jv)
+            value = float(jtjv.norm())
+            if value == 0.0 or not torch.isfinite(jtjv).all():
+                break
+            v = jtjv / value
+    return 2 * value
