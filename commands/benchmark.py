@@ -420,10 +420,11 @@ def variant_label(row: Mapping[str, Any]) -> str:
     return "+".join([row["precision"]] + [f for f in VARIANT_FLAGS if row[f]])
 
 
-def seconds_cell(row: Mapping[str, Any]) -> str:
+def range_cell(row: Mapping[str, Any], key: str) -> str:
+    """``median [min, max]`` of a timing ``key`` (with its ``_min``/``_max`` siblings), or the row's status."""
     if row["status"] != "ok":
         return row["status"]
-    return f"{row['s_per_image']:.3g} [{row['s_per_image_min']:.3g}, {row['s_per_image_max']:.3g}]"
+    return f"{row[key]:.3g} [{row[key + '_min']:.3g}, {row[key + '_max']:.3g}]"
 
 
 TABLE_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
@@ -433,7 +434,7 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
     ("batch", lambda r: str(r["batch"])),
     ("steps", lambda r: f"{r['steps_timed']}/{r['steps_full']}"),
     ("model calls/image", lambda r: _fmt(r["nfe_per_image"], ".4g")),
-    ("s/image [min, max]", seconds_cell),
+    ("s/image [min, max]", lambda r: range_cell(r, "s_per_image")),
     ("bound s/image", lambda r: _fmt(r.get("bound_s_per_image"))),
     ("% of bound", lambda r: "n/a" if r.get("fraction_of_bound") is None else f"{100 * r['fraction_of_bound']:.1f}"),
     ("NFE/s", lambda r: _fmt(r.get("nfe_per_s"), ".4g")),
@@ -533,18 +534,12 @@ def measure_operator(task: str, method: str, operator: Operator, resolution: int
             "peak_mem_gb": memory, "mem_kind": mem_kind}
 
 
-def milliseconds_cell(row: Mapping[str, Any]) -> str:
-    if row["status"] != "ok":
-        return row["status"]
-    return f"{row['ms_per_call']:.3g} [{row['ms_per_call_min']:.3g}, {row['ms_per_call_max']:.3g}]"
-
-
 OPERATOR_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
     ("task", lambda r: r["task"]),
     ("method", lambda r: r["method"] or "-"),
     ("px", lambda r: str(r["resolution"])),
     ("batch", lambda r: str(r["batch"])),
-    ("ms/call [min, max]", milliseconds_cell),
+    ("ms/call [min, max]", lambda r: range_cell(r, "ms_per_call")),
     ("ms/image", lambda r: _fmt(r.get("ms_per_image"))),
     (f"× {BASELINE_TASK}", lambda r: _fmt(r.get("ratio_to_baseline"), ".2f")),
     ("peak mem GB", lambda r: _fmt(r.get("peak_mem_gb"))),
@@ -591,8 +586,8 @@ def operator_main(tasks: Sequence[str], methods: Sequence[str], resolutions: Seq
                 if row["status"] == "ok" and baseline is not None and baseline["status"] == "ok":
                     row["ratio_to_baseline"] = row["ms_per_call"] / baseline["ms_per_call"]
                 rows.append(row)
-                print(f"  {task} {method or '-'} {resolution} px batch {batch}: {milliseconds_cell(rows[-1])} ms/call",
-                      flush=True)
+                timing = range_cell(rows[-1], "ms_per_call")
+                print(f"  {task} {method or '-'} {resolution} px batch {batch}: {timing} ms/call", flush=True)
                 write_operator_outputs(rows, skipped, env, out)
     write_operator_outputs(rows, skipped, env, out)
     print("\n" + format_operator_table(rows))
@@ -682,8 +677,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             peak = args.peak_tflops or (peak_tflops(env["device"], variant["precision"]) if cuda else None)
             for batch in batches:
                 rows.append(measure(case, sampler, variant, size, batch, steps, repeats, device, model, prof, peak))
-                print(f"  {name} {variant_label(rows[-1])} batch {batch}: {seconds_cell(rows[-1])} s/image",
-                      flush=True)
+                timing = range_cell(rows[-1], "s_per_image")
+                print(f"  {name} {variant_label(rows[-1])} batch {batch}: {timing} s/image", flush=True)
                 write_outputs(rows, skipped, env, out)  # after every row: a run cut short keeps what it measured
             del model
             if cuda:
