@@ -19,18 +19,20 @@ import yaml
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from common.config.compose import check_task_group_overrides, resolve_config, selected_task
+from common.config.compose import CONFIG_GROUPS, check_task_group_overrides, resolve_config, selected_task
 from common.config.validate import validate
-from common.data.datasets import build_dataset
-from common.data.operator_state import split_operator_config
+from common.data.datasets import ImageDataset, build_dataset
+from common.data.operator_state import StatePlan, split_operator_config
 from common.errors import ConfigError, InputError, SettingError
 from common.evaluation.finish import finish_run, refresh_report
 from common.evaluation.metrics import Metrics
 from common.evaluation.summary import SCREENFUL, markdown_table
 from common.models import MODELS, build_model
 from common.models.acceleration import accelerate
+from common.models.base import DiffusionModel
 from common.models.checkpoints import CheckpointError
 from common.operators import build_operator
+from common.operators.base import Operator
 from common.results.fingerprint import config_parts, file_digests
 from common.results.provenance import LOG_FILE, Invocation, known, terminal_log
 from common.results.reuse import check_run_directory
@@ -38,10 +40,7 @@ from common.results.run_dir import RunDirectory, RunDirectoryError
 from common.run import distributed, sweep
 from common.run.experiment import OutOfMemory, Outputs, first_step_diverges, prepare_inputs, run_experiment
 from common.run.tracking import Tracker, run_tags
-from common.sampling import build_sampler, check_combination, check_settings
-
-#: the config groups whose chosen names are recorded in provenance.json (``sampler: demo`` for the page headings)
-CONFIG_GROUPS = ("data", "model", "task", "sampler")
+from common.sampling import Sampler, build_sampler, check_combination, check_settings
 
 
 def select_device(gpu: int, ranks: distributed.Ranks) -> torch.device:
@@ -117,21 +116,11 @@ def _close(invocation: list[Invocation], code: int | None) -> None:
         refresh_report(invocation[0].directory)
 
 
-def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapping[str, str] | None,
-         held: contextlib.ExitStack, invocation: list[Invocation]) -> int:
-    """The body of :func:`run`: ``held`` keeps the folder lock and the terminal log until :func:`run` returns;
-    ``invocation`` receives the provenance entry (set its ``model_calls_per_sample`` to record that count)."""
-    resolved = resolve_config(cfg)
-    problems = validate(resolved)
-    if problems:
-        raise ConfigError("\n".join(problems))
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    check_task_group_overrides(overrides, resolved["task_group"], resolved["task"])
-    resolved["task"] = selected_task(resolved["task"], resolved["task_group"])
-    if ranks.world_size > 1 and resolved["gpu"] != 0:
-        raise ConfigError(f"gpu={resolved['gpu']} is not valid under torchrun: each rank uses cuda:LOCAL_RANK; "
-                          f"choose devices with CUDA_VISIBLE_DEVICES and leave gpu=0")
-    device = select_device(resolved["gpu"], ranks)
+def build(resolved: Mapping[str, Any], device: torch.device
+          ) -> tuple[ImageDataset, Operator, StatePlan, Sampler, DiffusionModel, Metrics]:
+    """The parts of one run, by registry name, from the validated config: dataset, operator (and where its per-image
+    state comes from), sampler, model, metrics. A setting they refuse, a sampler not defined for the model and
+    operator, or a missing checkpoint is a :class:`ConfigError` naming its key, before any sampling."""
     task_group = resolved["task_group"]
     group = resolved["task"][task_group]
     try:
@@ -155,6 +144,26 @@ def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapp
     if tuple(model.image_shape[-2:]) != (dataset.resolution, dataset.resolution):
         raise ConfigError(f"data.resolution={dataset.resolution} does not match model {resolved['model']['name']!r}, "
                           f"which makes {model.image_shape[-1]}x{model.image_shape[-2]} images")
+    return dataset, operator, state_plan, sampler, model, metrics
+
+
+def _run(cfg: DictConfig, run_dir: Path, ranks: distributed.Ranks, choices: Mapping[str, str] | None,
+         held: contextlib.ExitStack, invocation: list[Invocation]) -> int:
+    """The body of :func:`run`: ``held`` keeps the folder lock and the terminal log until :func:`run` returns;
+    ``invocation`` receives the provenance entry (set its ``model_calls_per_sample`` to record that count)."""
+    resolved = resolve_config(cfg)
+    problems = validate(resolved)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    check_task_group_overrides(overrides, resolved["task_group"], resolved["task"])
+    resolved["task"] = selected_task(resolved["task"], resolved["task_group"])
+    if ranks.world_size > 1 and resolved["gpu"] != 0:
+        raise ConfigError(f"gpu={resolved['gpu']} is not valid under torchrun: each rank uses cuda:LOCAL_RANK; "
+                          f"choose devices with CUDA_VISIBLE_DEVICES and leave gpu=0")
+    device = select_device(resolved["gpu"], ranks)
+    task_group = resolved["task_group"]
+    dataset, operator, state_plan, sampler, model, metrics = build(resolved, device)
     directory = RunDirectory(run_dir)
     if ranks.is_main:
         try:
