@@ -427,7 +427,10 @@ def range_cell(row: Mapping[str, Any], key: str) -> str:
     return f"{row[key]:.3g} [{row[key + '_min']:.3g}, {row[key + '_max']:.3g}]"
 
 
-TABLE_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
+#: a table's columns: (heading, how a row's cell reads)
+Columns = tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...]
+
+TABLE_COLUMNS: Columns = (
     ("sampler", lambda r: r["sampler"]),
     ("model", lambda r: f"{r['model']} {r['size']}"),
     ("variant", variant_label),
@@ -444,10 +447,11 @@ TABLE_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
 )
 
 
-def format_table(rows: Sequence[Mapping[str, Any]], as_markdown: bool = False) -> str:
-    """The rows as an aligned text table (or a Markdown table)."""
-    header = [name for name, _ in TABLE_COLUMNS]
-    body = [[cell(r) for _, cell in TABLE_COLUMNS] for r in rows]
+def format_table(rows: Sequence[Mapping[str, Any]], columns: Columns = TABLE_COLUMNS, as_markdown: bool = False
+                 ) -> str:
+    """The rows as an aligned text table (or a Markdown table) of ``columns`` (the sampler table's by default)."""
+    header = [name for name, _ in columns]
+    body = [[cell(r) for _, cell in columns] for r in rows]
     return markdown(header, body) if as_markdown else aligned(header, body)
 
 
@@ -456,6 +460,14 @@ def environment_note(env: Mapping[str, Any]) -> str:
     return (f"Device: {env['device']}; torch {env['torch']} (CUDA {env['cuda'] or '-'}); commit {env['git_commit']}"
             f"{' (uncommitted changes)' if env['git_dirty'] else ''}; cuDNN TF32 {env['cudnn_tf32']}, matmul TF32 "
             f"{env['matmul_tf32']}; {env['timestamp']}; load average {env['load_average']}.")
+
+
+def print_summary(table: str, skipped: Mapping[str, str], out: Path) -> None:
+    """The finished table on the terminal, what was skipped and why, and where the files are."""
+    print("\n" + table)
+    for name, why in skipped.items():
+        print(f"skipped {name}: {why}")
+    print(f"\nwritten: {out} and {out.with_suffix('.md')}")
 
 
 def write_files(out: Path, rows: Sequence[Mapping[str, Any]], fields: Sequence[str], env: Mapping[str, Any],
@@ -534,7 +546,7 @@ def measure_operator(task: str, method: str, operator: Operator, resolution: int
             "peak_mem_gb": memory, "mem_kind": mem_kind}
 
 
-OPERATOR_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
+OPERATOR_COLUMNS: Columns = (
     ("task", lambda r: r["task"]),
     ("method", lambda r: r["method"] or "-"),
     ("px", lambda r: str(r["resolution"])),
@@ -546,19 +558,13 @@ OPERATOR_COLUMNS: tuple[tuple[str, Callable[[Mapping[str, Any]], str]], ...] = (
 )
 
 
-def format_operator_table(rows: Sequence[Mapping[str, Any]], as_markdown: bool = False) -> str:
-    header = [name for name, _ in OPERATOR_COLUMNS]
-    body = [[cell(r) for _, cell in OPERATOR_COLUMNS] for r in rows]
-    return markdown(header, body) if as_markdown else aligned(header, body)
-
-
 def write_operator_outputs(rows: Sequence[Mapping[str, Any]], skipped: Mapping[str, str], env: Mapping[str, Any],
                            out: Path) -> None:
     memory = rows[0].get("mem_kind", "") if rows else ""
     note = (f"{environment_note(env)} Operator rows: one call is operator.gradient(x, y) on a batch (forward, "
             f"residual, VJP), median [min, max] over repeats; × {BASELINE_TASK}: against its row of the same size "
             f"and batch in this run; method: the blur setting (- for the other tasks); memory: {memory}.")
-    write_files(out, rows, OPERATOR_FIELDS, env, note, format_operator_table(rows, as_markdown=True), skipped)
+    write_files(out, rows, OPERATOR_FIELDS, env, note, format_table(rows, OPERATOR_COLUMNS, as_markdown=True), skipped)
 
 
 def operator_main(tasks: Sequence[str], methods: Sequence[str], resolutions: Sequence[int], batches: Sequence[int],
@@ -590,10 +596,7 @@ def operator_main(tasks: Sequence[str], methods: Sequence[str], resolutions: Seq
                 print(f"  {task} {method or '-'} {resolution} px batch {batch}: {timing} ms/call", flush=True)
                 write_operator_outputs(rows, skipped, env, out)
     write_operator_outputs(rows, skipped, env, out)
-    print("\n" + format_operator_table(rows))
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}")
-    print(f"\nwritten: {out} and {out.with_suffix('.md')}")
+    print_summary(format_table(rows, OPERATOR_COLUMNS), skipped, out)
     return rows
 
 
@@ -684,10 +687,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             if cuda:
                 torch.cuda.empty_cache()
     write_outputs(rows, skipped, env, out)
-    print("\n" + format_table(rows))
-    for name, why in skipped.items():
-        print(f"skipped {name}: {why}")
-    print(f"\nwritten: {out} and {out.with_suffix('.md')}")
+    print_summary(format_table(rows), skipped, out)
     return rows
 
 
